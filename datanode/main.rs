@@ -1,0 +1,68 @@
+//! `datanode`: stores messages durably; see `datanode --help`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use registro::config::parse_duration;
+use registro::datanode::{self, DEFAULT_DEDUPE_CAPACITY, data_file::Fsync};
+use registro::server::DEFAULT_MAX_MESSAGE_BYTES;
+
+/// A registro datanode: appends every message to <data-dir>/messages.jsonl, synced before it
+/// replies, and serves registro.v1.Store, the gRPC health protocol and reflection.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "REGISTRO_LISTEN", default_value = "0.0.0.0:6000")]
+    listen: String,
+    /// Name in receipts and in the headnode's pool [default: the host name].
+    #[arg(long, env = "REGISTRO_NAME")]
+    name: Option<String>,
+    /// Folder of the data file messages.jsonl (created if missing).
+    #[arg(long, env = "REGISTRO_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// Headnode to register with, e.g. http://headnode:5000; without it, no registration.
+    #[arg(long, env = "REGISTRO_HEADNODE")]
+    headnode: Option<String>,
+    /// host:port the headnode should dial [default: the listen address, or host name:port when listening on 0.0.0.0].
+    #[arg(long, env = "REGISTRO_ADVERTISE")]
+    advertise: Option<String>,
+    /// always: reply only after the record is synced to disk (group commit); never: faster, and a machine crash can lose replies already sent.
+    #[arg(long, env = "REGISTRO_FSYNC", value_enum, default_value = "always")]
+    fsync: Fsync,
+    /// Longest message accepted, in bytes.
+    #[arg(long, env = "REGISTRO_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    max_message_bytes: usize,
+    /// How many recent request ids are remembered for idempotency.
+    #[arg(long, env = "REGISTRO_DEDUPE_CAPACITY", default_value_t = DEFAULT_DEDUPE_CAPACITY)]
+    dedupe_capacity: usize,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, env = "REGISTRO_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    registro::config::init_tracing();
+    let name = match args.name {
+        Some(n) if !n.trim().is_empty() => n,
+        _ => registro::config::host_name().context("no --name given and the host name cannot be read")?,
+    };
+    let listener = registro::server::bind(&args.listen).await?;
+    let config = datanode::Config {
+        name,
+        data_dir: args.data_dir,
+        fsync: args.fsync,
+        headnode: args.headnode,
+        advertise: args.advertise,
+        max_message_bytes: args.max_message_bytes,
+        dedupe_capacity: args.dedupe_capacity,
+        shutdown_grace: args.shutdown_grace,
+    };
+    let grace = config.shutdown_grace;
+    registro::server::run_until_signal(|shutdown| datanode::serve(listener, config, shutdown.wait()), grace).await?;
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! Helpers the command lines share: durations, addresses, datanode names, logging set-up.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+/// Parses `500ms`, `2s`, `1m` (anything `humantime` reads) for clap.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 2s, 1m)"))
+}
+
+/// Adds `http://` to `host:port` so both spellings work wherever a URL is asked for.
+pub fn with_scheme(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// An endpoint for one of our gRPC servers, with the transport settings every role uses.
+pub fn endpoint(addr: &str, connect_timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(with_scheme(addr))?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5)))
+}
+
+/// A lazily connecting channel to `addr`: creating it never blocks or fails on an absent peer.
+pub fn lazy_channel(addr: &str, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+    Ok(endpoint(addr, connect_timeout)?.connect_lazy())
+}
+
+/// Checks that `addr` is `host:port` with a non-empty host and a valid port.
+pub fn check_host_port(addr: &str) -> Result<(), String> {
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{addr:?} is not host:port"))?;
+    if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err(format!("{addr:?} has no valid host"));
+    }
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{addr:?} has no valid port"))?;
+    Ok(())
+}
+
+/// The name a statically configured datanode goes by until it registers: the host when it is a
+/// host name (`datanode1:6000` → `datanode1`), the whole `host:port` when it is an IP address.
+pub fn static_datanode_name(addr: &str) -> String {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return addr.to_string();
+    }
+    match addr.rsplit_once(':') {
+        Some((host, _)) => host.to_string(),
+        None => addr.to_string(),
+    }
+}
+
+/// This machine's host name (`/proc/sys/kernel/hostname`), or `None` when it cannot be read.
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Logging for every binary: `tracing` to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_names_follow_the_spec() {
+        assert_eq!(static_datanode_name("datanode1:6000"), "datanode1");
+        assert_eq!(static_datanode_name("127.0.0.1:6001"), "127.0.0.1:6001");
+        assert_eq!(static_datanode_name("[::1]:6001"), "[::1]:6001");
+    }
+
+    #[test]
+    fn host_port_checks() {
+        assert!(check_host_port("datanode1:6000").is_ok());
+        assert!(check_host_port("127.0.0.1:6001").is_ok());
+        assert!(check_host_port("nohost").is_err());
+        assert!(check_host_port(":6000").is_err());
+        assert!(check_host_port("a:99999").is_err());
+        assert!(check_host_port("a b:1").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("soon").is_err());
+    }
+}

@@ -1,0 +1,82 @@
+//! registro — a small distributed message store.
+//!
+//! A client sends text messages over gRPC to the **headnode**, which forwards each one to a
+//! datanode chosen uniformly at random among the healthy ones. The **datanode** appends it to its
+//! data file, syncs it and answers; only then does the client get its receipt. The headnode
+//! probes every datanode with the standard gRPC health protocol and writes a heartbeat log.
+//!
+//! Where things live:
+//!
+//! | path | what it owns |
+//! |---|---|
+//! | `proto/registro.proto` | the wire protocol, compiled by `build.rs` into [`pb`] |
+//! | `headnode/` | [`headnode`]: the pool of datanodes, routing and failover, probes, the logs |
+//! | `datanode/` | [`datanode`]: the data file with group commit, the Store service, registration |
+//! | `client/` | the `client` binary: send, status, list, health, bench |
+//! | `src/` | what the roles share: [`config`], [`dedupe`], [`logfile`], [`server`], [`time`] |
+//!
+//! Each role exposes `serve(listener, config, shutdown)` so that tests can start real nodes
+//! in-process on `127.0.0.1:0`; the binaries only parse flags, set up logging and call it.
+
+pub mod config;
+pub mod dedupe;
+pub mod logfile;
+pub mod server;
+pub mod time;
+
+#[path = "../datanode/mod.rs"]
+pub mod datanode;
+#[path = "../headnode/mod.rs"]
+pub mod headnode;
+
+/// The generated protocol: messages, clients and servers of package `registro.v1`.
+pub mod pb {
+    #![allow(missing_docs)]
+    tonic::include_proto!("registro.v1");
+
+    /// The encoded descriptors of `registro.proto`, served by reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("registro_descriptor");
+}
+
+/// The gRPC name of the Store service, as health checks and reflection know it.
+pub const STORE_SERVICE: &str = "registro.v1.Store";
+/// The gRPC name of the Heartbeat service.
+pub const HEARTBEAT_SERVICE: &str = "registro.v1.Heartbeat";
+
+/// A short, single-line rendering of a message for receipts and log lines meant for people:
+/// control characters are escaped so a line never breaks, and long messages are cut.
+pub fn preview(message: &str) -> String {
+    const MAX_CHARS: usize = 40;
+    let mut out = String::new();
+    for (i, c) in message.chars().enumerate() {
+        if i == MAX_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The human sentence of a [`pb::StoreReply`].
+pub fn receipt(message: &str, datanode: &str) -> String {
+    format!("Message '{}' stored on {datanode}.", preview(message))
+}
+
+/// Checks a message against the rules every Store enforces, headnode and datanode alike.
+pub fn validate_message(message: &str, max_bytes: usize) -> Result<(), tonic::Status> {
+    if message.is_empty() {
+        return Err(tonic::Status::invalid_argument("message is empty"));
+    }
+    if message.len() > max_bytes {
+        return Err(tonic::Status::invalid_argument(format!(
+            "message is {} bytes, over the limit of {max_bytes} bytes",
+            message.len()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+//! What every registro server shares: the health service, reflection, and the shutdown sequence.
+//!
+//! Shutdown, in order: the caller's `shutdown` future resolves (SIGTERM, SIGINT, or a test);
+//! every health status turns NOT_SERVING and health Watch streams are closed, so they cannot hold
+//! the server open; the listener stops accepting and open connections are told to go away;
+//! in-flight requests get up to the grace period to finish; then [`serve`] returns and the role
+//! syncs its files.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::Router;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::pb;
+
+/// The largest gRPC message a server accepts or sends: the transport limit, above which tonic
+/// answers RESOURCE_EXHAUSTED before our code sees the request.
+pub const MAX_GRPC_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The default for `--max-message-bytes`: the longest message text a Store accepts.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// The health statuses a server publishes, by service name, and how to turn them all off.
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    /// Every service name this server reports, "" included, so shutdown can reach them all.
+    services: Vec<&'static str>,
+}
+
+impl Health {
+    /// A reporter for `services` (plus `""`, the whole server), all SERVING, and the gRPC
+    /// service that publishes them.
+    pub async fn new(
+        services: &[&'static str],
+    ) -> (Self, tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>) {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        let mut all = vec![""];
+        all.extend_from_slice(services);
+        for name in services {
+            reporter.set_service_status(name, ServingStatus::Serving).await;
+        }
+        (Self { reporter, services: all }, service)
+    }
+
+    /// Sets one service's status (`""` is the whole server).
+    pub async fn set(&self, service: &str, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.reporter.set_service_status(service, status).await;
+    }
+
+    /// Turns every status NOT_SERVING, then ends every Watch stream: the first thing a server
+    /// does on shutdown, so load balancers and probes stop sending work at once.
+    pub async fn shut_down(&self) {
+        for name in &self.services {
+            self.reporter
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        let mut reporter = self.reporter.clone();
+        for name in &self.services {
+            reporter.clear_service_status(name).await;
+        }
+    }
+}
+
+/// Server reflection (v1 and v1alpha) with the descriptors of registro and the health protocol,
+/// so grpcurl can `list`, `describe` and call every service.
+pub fn reflection() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+    ),
+    tonic_reflection::server::Error,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then runs the shutdown sequence
+/// (see the module docs) with `grace` for in-flight requests.
+pub async fn serve(
+    router: Router,
+    listener: TcpListener,
+    health: Health,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> Result<(), tonic::transport::Error> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        let _ = stop_rx.await;
+    });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result,
+        () = shutdown => {}
+    }
+    tracing::info!(grace = ?grace, "shutting down: health NOT_SERVING, draining requests");
+    health.shut_down().await;
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(grace = ?grace, "grace period over; closing the connections still open");
+            Ok(())
+        }
+    }
+}
+
+/// The process's shutdown signal: SIGTERM or SIGINT. Clones share it.
+#[derive(Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+/// Extra time past the grace period before a process that has not stopped exits anyway.
+pub const HARD_DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+
+impl Shutdown {
+    /// Starts listening for SIGTERM and SIGINT.
+    pub fn on_signal() -> Self {
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            termination_signal().await;
+            let _ = tx.send(true);
+        });
+        Self(rx)
+    }
+
+    /// Resolves once the signal has come.
+    pub async fn wait(mut self) {
+        // An error means the sender is gone, which only happens after it sent.
+        let _ = self.0.wait_for(|signalled| *signalled).await;
+    }
+
+    /// Resolves `grace` plus [`HARD_DEADLINE_MARGIN`] after the signal: by then a server that
+    /// has not stopped is stuck, and its process exits anyway.
+    pub async fn hard_deadline(self, grace: Duration) {
+        self.wait().await;
+        tokio::time::sleep(grace + HARD_DEADLINE_MARGIN).await;
+    }
+}
+
+/// Runs a server until SIGTERM or SIGINT, handing it the signal as its `shutdown` future; exits
+/// the process with status 1 if it has not stopped by the hard deadline.
+pub async fn run_until_signal<F, E>(serve: impl FnOnce(Shutdown) -> F, grace: Duration) -> Result<(), E>
+where
+    F: Future<Output = Result<(), E>>,
+{
+    let shutdown = Shutdown::on_signal();
+    tokio::select! {
+        result = serve(shutdown.clone()) => result,
+        () = shutdown.hard_deadline(grace) => {
+            tracing::error!(deadline = ?(grace + HARD_DEADLINE_MARGIN), "still running past the shutdown deadline; exiting");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn termination_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT stops this process");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Binds `addr` with a clear error when it cannot (port in use, bad address).
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
