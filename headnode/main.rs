@@ -1,1 +1,68 @@
-fn main(){}
+//! `headnode`: the cluster's front door; see `headnode --help`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use registro::config::parse_duration;
+use registro::datanode::DEFAULT_DEDUPE_CAPACITY;
+use registro::headnode;
+use registro::server::DEFAULT_MAX_MESSAGE_BYTES;
+
+/// The registro headnode: forwards each Store to a random healthy datanode, probes every datanode
+/// with the gRPC health protocol, and writes the registro and heartbeat logs.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "REGISTRO_LISTEN", default_value = "0.0.0.0:5000")]
+    listen: String,
+    /// Datanodes known from the start, comma-separated host:port; others join by registering.
+    #[arg(long, env = "REGISTRO_DATANODES", value_delimiter = ',')]
+    datanodes: Vec<String>,
+    /// How often every datanode is probed.
+    #[arg(long, env = "REGISTRO_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    heartbeat_interval: Duration,
+    /// How long a probe may take before the datanode counts as UNREACHABLE.
+    #[arg(long, env = "REGISTRO_HEARTBEAT_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
+    heartbeat_timeout: Duration,
+    /// The heartbeat log: one line per datanode per probe round.
+    #[arg(long, env = "REGISTRO_HEARTBEAT_LOG", default_value = "heartbeat.log")]
+    heartbeat_log: PathBuf,
+    /// The registro log: one line per stored message.
+    #[arg(long, env = "REGISTRO_REGISTRO_LOG", default_value = "registro.log")]
+    registro_log: PathBuf,
+    /// How long one forward to a datanode may take before another datanode is tried.
+    #[arg(long, env = "REGISTRO_FORWARD_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
+    forward_timeout: Duration,
+    /// Longest message accepted, in bytes.
+    #[arg(long, env = "REGISTRO_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    max_message_bytes: usize,
+    /// How many recent request ids are remembered for idempotency.
+    #[arg(long, env = "REGISTRO_DEDUPE_CAPACITY", default_value_t = DEFAULT_DEDUPE_CAPACITY)]
+    dedupe_capacity: usize,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, env = "REGISTRO_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    registro::config::init_tracing();
+    let listener = registro::server::bind(&args.listen).await?;
+    let config = headnode::Config {
+        datanodes: args.datanodes.into_iter().filter(|d| !d.trim().is_empty()).collect(),
+        heartbeat_interval: args.heartbeat_interval,
+        heartbeat_timeout: args.heartbeat_timeout,
+        heartbeat_log: args.heartbeat_log,
+        registro_log: args.registro_log,
+        forward_timeout: args.forward_timeout,
+        max_message_bytes: args.max_message_bytes,
+        dedupe_capacity: args.dedupe_capacity,
+        shutdown_grace: args.shutdown_grace,
+    };
+    let grace = config.shutdown_grace;
+    registro::server::run_until_signal(|shutdown| headnode::serve(listener, config, shutdown.wait()), grace).await?;
+    Ok(())
+}

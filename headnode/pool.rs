@@ -1,0 +1,337 @@
+//! The pool: every datanode the headnode knows, its health as the last probe or forward saw it,
+//! and the one routing decision ([`Pool::choose`]).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::seq::IndexedRandom;
+use tokio::sync::watch;
+use tonic::transport::Channel;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::pb::store_client::StoreClient;
+
+/// How a datanode looked the last time anyone checked: the words of the heartbeat log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// Not probed yet: not routed to.
+    Unknown,
+    /// Answered the health check with SERVING: routed to.
+    Serving,
+    /// Answered, but not SERVING (for example its disk is failing): not routed to.
+    NotServing,
+    /// No answer, or a forward to it just failed: not routed to.
+    Unreachable,
+}
+
+impl Liveness {
+    /// The heartbeat log's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Liveness::Unknown => "UNKNOWN",
+            Liveness::Serving => "SERVING",
+            Liveness::NotServing => "NOT_SERVING",
+            Liveness::Unreachable => "UNREACHABLE",
+        }
+    }
+}
+
+/// What a health probe found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeResult {
+    /// Answered SERVING after this long.
+    Serving(Duration),
+    /// Answered something other than SERVING after this long.
+    NotServing(Duration),
+    /// Did not answer: why.
+    Unreachable(String),
+}
+
+/// A datanode's state as last observed.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub liveness: Liveness,
+    /// When the last probe finished (a forward failure does not count as a check).
+    pub last_checked: Option<DateTime<Utc>>,
+    /// The last successful probe's round trip.
+    pub latency: Option<Duration>,
+    /// The last error, when unreachable.
+    pub detail: String,
+}
+
+/// One datanode in the pool.
+pub struct Datanode {
+    pub name: String,
+    /// host:port the headnode dials.
+    pub address: String,
+    /// True when it announced itself; false when it came from `--datanodes`.
+    pub registered: bool,
+    /// One HTTP/2 connection shared by forwards and probes.
+    channel: Channel,
+    observation: Mutex<Observation>,
+    /// Messages stored on it through this headnode.
+    routed: AtomicU64,
+}
+
+impl Datanode {
+    fn new(name: String, address: String, registered: bool, connect_timeout: Duration) -> Result<Self, String> {
+        crate::config::check_host_port(&address)?;
+        let channel = crate::config::lazy_channel(&address, connect_timeout).map_err(|e| e.to_string())?;
+        Ok(Self {
+            name,
+            address,
+            registered,
+            channel,
+            observation: Mutex::new(Observation {
+                liveness: Liveness::Unknown,
+                last_checked: None,
+                latency: None,
+                detail: String::new(),
+            }),
+            routed: AtomicU64::new(0),
+        })
+    }
+
+    /// A Store client on this datanode's connection.
+    pub fn store_client(&self) -> StoreClient<Channel> {
+        StoreClient::new(self.channel.clone())
+            .max_decoding_message_size(crate::server::MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(crate::server::MAX_GRPC_MESSAGE_BYTES)
+    }
+
+    /// A health client on this datanode's connection.
+    pub fn health_client(&self) -> HealthClient<Channel> {
+        HealthClient::new(self.channel.clone())
+    }
+
+    /// The current observation.
+    pub fn observation(&self) -> Observation {
+        self.lock().clone()
+    }
+
+    /// Messages routed here so far.
+    pub fn routed(&self) -> u64 {
+        self.routed.load(Ordering::Relaxed)
+    }
+
+    /// Counts one message stored here.
+    pub fn count_routed(&self) {
+        self.routed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn is_serving(&self) -> bool {
+        self.lock().liveness == Liveness::Serving
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Observation> {
+        self.observation.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// What a registration changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Registration {
+    /// A new member.
+    Added,
+    /// Already known under this name and address: nothing changed.
+    Known,
+    /// Known under this name at another address: the newest address wins.
+    Moved { from: String },
+    /// A static entry for this address now goes by the datanode's own name.
+    Renamed { from: String },
+}
+
+/// Every datanode the headnode knows, by name.
+pub struct Pool {
+    members: RwLock<BTreeMap<String, Arc<Datanode>>>,
+    connect_timeout: Duration,
+    /// How many members are SERVING; the headnode's readiness follows it.
+    serving: watch::Sender<usize>,
+}
+
+impl Pool {
+    /// An empty pool whose connections give up connecting after `connect_timeout`.
+    pub fn new(connect_timeout: Duration) -> Self {
+        Self {
+            members: RwLock::new(BTreeMap::new()),
+            connect_timeout,
+            serving: watch::Sender::new(0),
+        }
+    }
+
+    /// Adds a datanode from `--datanodes`, named after its address (see
+    /// [`crate::config::static_datanode_name`]).
+    pub fn add_static(&self, address: &str) -> Result<(), String> {
+        let name = crate::config::static_datanode_name(address);
+        let node = Datanode::new(name.clone(), address.to_string(), false, self.connect_timeout)?;
+        self.write().insert(name, Arc::new(node));
+        Ok(())
+    }
+
+    /// Registers a datanode that announced itself. The newest announcement of a name wins.
+    pub fn register(&self, name: &str, address: &str) -> Result<(Registration, Arc<Datanode>), String> {
+        let mut members = self.write();
+        if let Some(existing) = members.get(name)
+            && existing.address == address
+        {
+            return Ok((Registration::Known, existing.clone()));
+        }
+        let node = Arc::new(Datanode::new(name.to_string(), address.to_string(), true, self.connect_timeout)?);
+        let outcome = match members.insert(name.to_string(), node.clone()) {
+            Some(old) => Registration::Moved { from: old.address.clone() },
+            None => {
+                // A static entry for the same address is this datanode under a provisional name.
+                let provisional = members
+                    .iter()
+                    .find(|(n, m)| !m.registered && m.address == address && n.as_str() != name)
+                    .map(|(n, _)| n.clone());
+                match provisional {
+                    Some(old_name) => {
+                        members.remove(&old_name);
+                        Registration::Renamed { from: old_name }
+                    }
+                    None => Registration::Added,
+                }
+            }
+        };
+        drop(members);
+        self.publish_serving();
+        Ok((outcome, node))
+    }
+
+    /// Every member, ordered by name.
+    pub fn members(&self) -> Vec<Arc<Datanode>> {
+        self.read().values().cloned().collect()
+    }
+
+    /// The member called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Datanode>> {
+        self.read().get(name).cloned()
+    }
+
+    /// Picks a datanode uniformly at random among the SERVING ones not in `exclude`.
+    pub fn choose(&self, exclude: &[String]) -> Option<Arc<Datanode>> {
+        let candidates: Vec<Arc<Datanode>> = self
+            .read()
+            .values()
+            .filter(|m| m.is_serving() && !exclude.contains(&m.name))
+            .cloned()
+            .collect();
+        candidates.choose(&mut rand::rng()).cloned()
+    }
+
+    /// Records a probe's result on `node`.
+    pub fn record_probe(&self, node: &Datanode, result: &ProbeResult) {
+        {
+            let mut o = node.lock();
+            o.last_checked = Some(Utc::now());
+            match result {
+                ProbeResult::Serving(latency) => {
+                    o.liveness = Liveness::Serving;
+                    o.latency = Some(*latency);
+                    o.detail.clear();
+                }
+                ProbeResult::NotServing(latency) => {
+                    o.liveness = Liveness::NotServing;
+                    o.latency = Some(*latency);
+                    o.detail.clear();
+                }
+                ProbeResult::Unreachable(error) => {
+                    o.liveness = Liveness::Unreachable;
+                    o.detail = error.clone();
+                }
+            }
+        }
+        self.publish_serving();
+    }
+
+    /// Takes `node` out of routing at once because a forward to it failed; the next probe that
+    /// finds it SERVING puts it back.
+    pub fn mark_down(&self, node: &Datanode, error: &str) {
+        {
+            let mut o = node.lock();
+            o.liveness = Liveness::Unreachable;
+            o.detail = error.to_string();
+        }
+        self.publish_serving();
+    }
+
+    /// Follows the number of SERVING members.
+    pub fn serving(&self) -> watch::Receiver<usize> {
+        self.serving.subscribe()
+    }
+
+    fn publish_serving(&self) {
+        let count = self.read().values().filter(|m| m.is_serving()).count();
+        self.serving.send_if_modified(|n| std::mem::replace(n, count) != count);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Datanode>>> {
+        self.members.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Datanode>>> {
+        self.members.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> Pool {
+        Pool::new(Duration::from_millis(100))
+    }
+
+    #[tokio::test]
+    async fn only_serving_datanodes_are_chosen() {
+        let p = pool();
+        p.add_static("127.0.0.1:1").unwrap();
+        p.add_static("127.0.0.1:2").unwrap();
+        assert!(p.choose(&[]).is_none(), "unknown nodes are not routed to");
+        let a = p.get("127.0.0.1:1").unwrap();
+        p.record_probe(&a, &ProbeResult::Serving(Duration::from_millis(1)));
+        for _ in 0..20 {
+            assert_eq!(p.choose(&[]).unwrap().name, "127.0.0.1:1");
+        }
+        assert!(p.choose(&["127.0.0.1:1".into()]).is_none());
+        p.mark_down(&a, "connection refused");
+        assert!(p.choose(&[]).is_none());
+        assert_eq!(*p.serving().borrow(), 0);
+    }
+
+    #[tokio::test]
+    async fn choice_is_spread_over_every_serving_datanode() {
+        let p = pool();
+        for port in 1..=3 {
+            p.add_static(&format!("127.0.0.1:{port}")).unwrap();
+        }
+        for m in p.members() {
+            p.record_probe(&m, &ProbeResult::Serving(Duration::ZERO));
+        }
+        let mut counts = BTreeMap::new();
+        for _ in 0..3000 {
+            *counts.entry(p.choose(&[]).unwrap().name.clone()).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 3);
+        // Uniform: each gets 1000 ± a generous margin (over 8 standard deviations).
+        assert!(counts.values().all(|&c| (800..=1200).contains(&c)), "{counts:?}");
+    }
+
+    #[tokio::test]
+    async fn registration_renames_a_static_entry_and_the_newest_address_wins() {
+        let p = pool();
+        p.add_static("127.0.0.1:6001").unwrap();
+        let (r, _) = p.register("datanode1", "127.0.0.1:6001").unwrap();
+        assert_eq!(r, Registration::Renamed { from: "127.0.0.1:6001".into() });
+        assert_eq!(p.members().len(), 1);
+        assert_eq!(p.register("datanode1", "127.0.0.1:6001").unwrap().0, Registration::Known);
+        let (r, _) = p.register("datanode1", "127.0.0.1:7001").unwrap();
+        assert_eq!(r, Registration::Moved { from: "127.0.0.1:6001".into() });
+        assert_eq!(p.get("datanode1").unwrap().address, "127.0.0.1:7001");
+        assert!(p.register("bad", "no-port").is_err());
+    }
+}
