@@ -131,6 +131,7 @@ pub async fn serve(
         ));
     }
 
+    tracing::info!("listening on {local}");
     let result = server::serve(router, listener, health, shutdown, config.shutdown_grace).await;
     let _ = stop_tx.send(true);
     tasks.join_all().await;

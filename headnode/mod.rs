@@ -139,6 +139,9 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
     ));
     tasks.spawn(follow_readiness(pool.clone(), health.clone(), stop_rx));
 
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!("listening on {local}");
+    }
     let result = server::serve(router, listener, health, shutdown, config.shutdown_grace).await;
     let _ = stop_tx.send(true);
     tasks.join_all().await;

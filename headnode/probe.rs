@@ -76,8 +76,12 @@ pub fn describe(status: &tonic::Status) -> String {
     let mut text = format!("{:?}: {}", status.code(), status.message());
     let mut source = status.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        // Transport errors repeat their causes' text; keep each piece once.
+        let piece = cause.to_string();
+        if !text.contains(&piece) {
+            text.push_str(": ");
+            text.push_str(&piece);
+        }
         source = cause.source();
     }
     text.split_whitespace().collect::<Vec<_>>().join(" ")

@@ -1,0 +1,143 @@
+//! `client send`: the exercise's client. Sends a script's lines in order (or picks them at random
+//! until it draws `exit`), prints each receipt and writes it to the client log.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use rand::seq::IndexedRandom;
+use registro::logfile::LogFile;
+use registro::pb::StoreRequest;
+use registro::pb::store_client::StoreClient;
+
+/// The exercise's messages, used when no script is given.
+const BUILT_IN: &[&str] = &[
+    "Hola",
+    "Sistemas",
+    "Distribuidos",
+    "INF343",
+    "Tarea",
+    "Docker",
+    "gRPC",
+    "Heartbeat",
+    "Datanode",
+    "exit",
+];
+
+/// The word that ends a session, as in the exercise.
+const EXIT: &str = "exit";
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// A text file with one message per line [default: a built-in list of the exercise's messages].
+    #[arg(long, env = "REGISTRO_SCRIPT")]
+    script: Option<PathBuf>,
+    /// Pick lines at random until `exit` is drawn, instead of sending them in order.
+    #[arg(long, env = "REGISTRO_RANDOM")]
+    random: bool,
+    /// Send at most this many messages (a script is repeated to reach it).
+    #[arg(long, env = "REGISTRO_COUNT")]
+    count: Option<usize>,
+    /// The client log: one line per reply.
+    #[arg(long, env = "REGISTRO_LOG", default_value = "client.log")]
+    log: PathBuf,
+}
+
+/// The messages to send, in order: the script up to its first `exit`, repeated to `count`; or
+/// random picks until `exit` comes up (or `count` is reached).
+fn plan(lines: &[String], random: bool, count: Option<usize>) -> Vec<String> {
+    let limit = count.unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    if random {
+        let mut rng = rand::rng();
+        while out.len() < limit {
+            let Some(line) = lines.choose(&mut rng) else { break };
+            if line == EXIT {
+                break;
+            }
+            out.push(line.clone());
+        }
+        return out;
+    }
+    let script: Vec<&String> = lines.iter().take_while(|l| *l != EXIT).collect();
+    if script.is_empty() {
+        return out;
+    }
+    let rounds = if count.is_some() { usize::MAX } else { 1 };
+    'outer: for _ in 0..rounds {
+        for line in &script {
+            if out.len() >= limit {
+                break 'outer;
+            }
+            out.push((*line).clone());
+        }
+    }
+    out
+}
+
+fn read_script(args: &Args) -> anyhow::Result<Vec<String>> {
+    let lines: Vec<String> = match &args.script {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read script {}", path.display()))?
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        None => BUILT_IN.iter().map(|s| s.to_string()).collect(),
+    };
+    // Empty lines would only be refused by the server.
+    Ok(lines.into_iter().filter(|l| !l.is_empty()).collect())
+}
+
+pub async fn run(addr: &str, timeout: Duration, args: Args) -> anyhow::Result<i32> {
+    let messages = plan(&read_script(&args)?, args.random, args.count);
+    let log = LogFile::open(&args.log).with_context(|| format!("cannot open client log {}", args.log.display()))?;
+    let channel = crate::connect(addr, timeout).await?;
+    let mut client = StoreClient::new(channel);
+    let (mut stored, mut failed) = (0usize, 0usize);
+    for message in messages {
+        let request = StoreRequest {
+            message,
+            request_id: uuid::Uuid::now_v7().to_string(),
+        };
+        match client.store(request).await {
+            Ok(reply) => {
+                let receipt = reply.into_inner().receipt;
+                println!("{receipt}");
+                log.line(format!("{} {receipt}", registro::time::now()));
+                stored += 1;
+            }
+            Err(status) => {
+                let message = status.message().split_whitespace().collect::<Vec<_>>().join(" ");
+                eprintln!("error: {:?}: {message}", status.code());
+                log.line(format!("{} ERROR {:?} {message}", registro::time::now(), status.code()));
+                failed += 1;
+            }
+        }
+    }
+    log.sync().await.context("cannot write the client log")?;
+    eprintln!("{stored} stored, {failed} failed; log: {}", args.log.display());
+    Ok(if failed == 0 { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_script_is_sent_in_order_up_to_exit() {
+        assert_eq!(plan(&lines(&["a", "b", "exit", "c"]), false, None), lines(&["a", "b"]));
+        assert_eq!(plan(&lines(&["a", "b"]), false, Some(5)), lines(&["a", "b", "a", "b", "a"]));
+        assert!(plan(&lines(&["exit"]), false, Some(3)).is_empty());
+    }
+
+    #[test]
+    fn random_picks_stop_at_exit_or_count() {
+        let picked = plan(&lines(&["a", "b", "exit"]), true, None);
+        assert!(picked.iter().all(|m| m == "a" || m == "b"));
+        assert_eq!(plan(&lines(&["a"]), true, Some(4)), lines(&["a", "a", "a", "a"]));
+    }
+}
