@@ -19,7 +19,7 @@ const NOT_SERVING: i32 = 4;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The service to check; empty means the whole server.
-    #[arg(long, default_value = "")]
+    #[arg(long, env = "REGISTRO_SERVICE", default_value = "")]
     service: String,
 }
 
@@ -38,10 +38,19 @@ pub async fn run(addr: &str, timeout: Duration, args: Args) -> i32 {
         Ok(reply) => {
             let status = reply.into_inner().status();
             println!("status: {}", status.as_str_name());
-            if status == ServingStatus::Serving { OK } else { NOT_SERVING }
+            if status == ServingStatus::Serving {
+                OK
+            } else {
+                NOT_SERVING
+            }
         }
         Err(status) => {
-            eprintln!("error: health check of {:?} failed: {:?}: {}", args.service, status.code(), status.message());
+            eprintln!(
+                "error: health check of {:?} failed: {:?}: {}",
+                args.service,
+                status.code(),
+                status.message()
+            );
             RPC_FAILED
         }
     }

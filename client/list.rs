@@ -9,10 +9,10 @@ use registro::pb::store_client::StoreClient;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Only this datanode's messages.
-    #[arg(long, default_value = "")]
+    #[arg(long, env = "REGISTRO_DATANODE", default_value = "")]
     datanode: String,
     /// At most this many messages (0: all).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, env = "REGISTRO_LIMIT", default_value_t = 0)]
     limit: u32,
 }
 
@@ -31,7 +31,12 @@ pub async fn run(addr: &str, timeout: Duration, args: Args) -> anyhow::Result<i3
             .as_ref()
             .and_then(registro::time::from_proto)
             .map_or_else(|| "-".into(), registro::time::format);
-        println!("{stored_at} {} {} {}", m.id, m.datanode, serde_json::to_string(&m.message)?);
+        println!(
+            "{stored_at} {} {} {}",
+            m.id,
+            m.datanode,
+            serde_json::to_string(&m.message)?
+        );
     }
     Ok(0)
 }

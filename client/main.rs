@@ -14,10 +14,15 @@ use tonic::transport::Channel;
 
 /// The registro client: send messages, read them back, and look at the cluster.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// The server to talk to: the headnode, or a datanode directly.
-    #[arg(long, global = true, env = "REGISTRO_ADDR", default_value = "http://127.0.0.1:5000")]
+    #[arg(
+        long,
+        global = true,
+        env = "REGISTRO_ADDR",
+        default_value = "http://127.0.0.1:5000"
+    )]
     addr: String,
     /// How long to wait for a connection and for each reply.
     #[arg(long, global = true, env = "REGISTRO_TIMEOUT", default_value = "5s", value_parser = parse_duration)]

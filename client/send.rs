@@ -51,7 +51,9 @@ fn plan(lines: &[String], random: bool, count: Option<usize>) -> Vec<String> {
     if random {
         let mut rng = rand::rng();
         while out.len() < limit {
-            let Some(line) = lines.choose(&mut rng) else { break };
+            let Some(line) = lines.choose(&mut rng) else {
+                break;
+            };
             if line == EXIT {
                 break;
             }
@@ -90,7 +92,8 @@ fn read_script(args: &Args) -> anyhow::Result<Vec<String>> {
 
 pub async fn run(addr: &str, timeout: Duration, args: Args) -> anyhow::Result<i32> {
     let messages = plan(&read_script(&args)?, args.random, args.count);
-    let log = LogFile::open(&args.log).with_context(|| format!("cannot open client log {}", args.log.display()))?;
+    let log = LogFile::open(&args.log)
+        .with_context(|| format!("cannot open client log {}", args.log.display()))?;
     let channel = crate::connect(addr, timeout).await?;
     let mut client = StoreClient::new(channel);
     let (mut stored, mut failed) = (0usize, 0usize);
@@ -107,15 +110,26 @@ pub async fn run(addr: &str, timeout: Duration, args: Args) -> anyhow::Result<i3
                 stored += 1;
             }
             Err(status) => {
-                let message = status.message().split_whitespace().collect::<Vec<_>>().join(" ");
+                let message = status
+                    .message()
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 eprintln!("error: {:?}: {message}", status.code());
-                log.line(format!("{} ERROR {:?} {message}", registro::time::now(), status.code()));
+                log.line(format!(
+                    "{} ERROR {:?} {message}",
+                    registro::time::now(),
+                    status.code()
+                ));
                 failed += 1;
             }
         }
     }
     log.sync().await.context("cannot write the client log")?;
-    eprintln!("{stored} stored, {failed} failed; log: {}", args.log.display());
+    eprintln!(
+        "{stored} stored, {failed} failed; log: {}",
+        args.log.display()
+    );
     Ok(if failed == 0 { 0 } else { 1 })
 }
 
@@ -129,8 +143,14 @@ mod tests {
 
     #[test]
     fn a_script_is_sent_in_order_up_to_exit() {
-        assert_eq!(plan(&lines(&["a", "b", "exit", "c"]), false, None), lines(&["a", "b"]));
-        assert_eq!(plan(&lines(&["a", "b"]), false, Some(5)), lines(&["a", "b", "a", "b", "a"]));
+        assert_eq!(
+            plan(&lines(&["a", "b", "exit", "c"]), false, None),
+            lines(&["a", "b"])
+        );
+        assert_eq!(
+            plan(&lines(&["a", "b"]), false, Some(5)),
+            lines(&["a", "b", "a", "b", "a"])
+        );
         assert!(plan(&lines(&["exit"]), false, Some(3)).is_empty());
     }
 
@@ -138,6 +158,9 @@ mod tests {
     fn random_picks_stop_at_exit_or_count() {
         let picked = plan(&lines(&["a", "b", "exit"]), true, None);
         assert!(picked.iter().all(|m| m == "a" || m == "b"));
-        assert_eq!(plan(&lines(&["a"]), true, Some(4)), lines(&["a", "a", "a", "a"]));
+        assert_eq!(
+            plan(&lines(&["a"]), true, Some(4)),
+            lines(&["a", "a", "a", "a"])
+        );
     }
 }

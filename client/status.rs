@@ -14,7 +14,16 @@ pub async fn run(addr: &str, timeout: Duration) -> anyhow::Result<i32> {
 
 /// Renders the Status reply with aligned columns.
 pub fn table(datanodes: &[DatanodeStatus]) -> String {
-    let header = ["DATANODE", "ADDRESS", "STATUS", "LAST CHECKED", "LATENCY", "ROUTED", "DETAIL"].map(String::from);
+    let header = [
+        "DATANODE",
+        "ADDRESS",
+        "STATUS",
+        "LAST CHECKED",
+        "LATENCY",
+        "ROUTED",
+        "DETAIL",
+    ]
+    .map(String::from);
     let rows: Vec<[String; 7]> = datanodes
         .iter()
         .map(|d| {
@@ -26,7 +35,11 @@ pub fn table(datanodes: &[DatanodeStatus]) -> String {
                     .as_ref()
                     .and_then(registro::time::from_proto)
                     .map_or_else(|| "-".into(), registro::time::format),
-                if d.last_checked.is_some() { format!("{:.2}ms", d.latency_ms) } else { "-".into() },
+                if d.last_checked.is_some() {
+                    format!("{:.2}ms", d.latency_ms)
+                } else {
+                    "-".into()
+                },
                 d.routed.to_string(),
                 d.detail.clone(),
             ]
@@ -40,7 +53,11 @@ pub fn table(datanodes: &[DatanodeStatus]) -> String {
     }
     let mut out = String::new();
     for row in std::iter::once(&header).chain(&rows) {
-        let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }

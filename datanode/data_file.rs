@@ -139,7 +139,9 @@ impl DataFile {
             .map_err(file_err)?;
         if !existed {
             // Make the new file's name durable too.
-            File::open(dir).and_then(|d| d.sync_all()).map_err(dir_err)?;
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(dir_err)?;
         }
         let (loaded, good_len) = scan(&mut file, &path, recent)?;
         if loaded.truncated_bytes > 0 {
@@ -148,7 +150,9 @@ impl DataFile {
                 bytes = loaded.truncated_bytes,
                 "dropping a torn last record left by a crash (it was never acknowledged)"
             );
-            file.set_len(good_len).and_then(|()| file.sync_all()).map_err(file_err)?;
+            file.set_len(good_len)
+                .and_then(|()| file.sync_all())
+                .map_err(file_err)?;
         }
         // Probe once at start: a data directory that cannot take a write is a start-up error,
         // not something to discover on the first Store.
@@ -298,7 +302,10 @@ fn scan(file: &mut File, path: &Path, recent: usize) -> Result<(Loaded, u64), Op
 /// The time stamp of the last record below `len`, so stamps keep increasing across restarts.
 fn last_stamp_of(path: &Path, len: u64) -> Option<DateTime<Utc>> {
     let file = File::open(path).ok()?;
-    let last = BufReader::new(file.take(len)).lines().map_while(Result::ok).last()?;
+    let last = BufReader::new(file.take(len))
+        .lines()
+        .map_while(Result::ok)
+        .last()?;
     let record: Record = serde_json::from_str(&last).ok()?;
     crate::time::parse(&record.stored_at)
 }
@@ -397,15 +404,19 @@ impl Writer {
             records.push(record);
             waiters.push(a.done);
         }
-        let result = self.file.write_all(&self.buf).and_then(|()| match self.fsync {
-            Fsync::Always => self.file.sync_data(),
-            Fsync::Never => Ok(()),
-        });
+        let result = self
+            .file
+            .write_all(&self.buf)
+            .and_then(|()| match self.fsync {
+                Fsync::Always => self.file.sync_data(),
+                Fsync::Never => Ok(()),
+            });
         match result {
             Ok(()) => {
                 self.len += self.buf.len() as u64;
                 self.durable_len.store(self.len, Ordering::Release);
-                self.healthy.send_if_modified(|healthy| !std::mem::replace(healthy, true));
+                self.healthy
+                    .send_if_modified(|healthy| !std::mem::replace(healthy, true));
                 for (record, done) in records.into_iter().zip(waiters) {
                     let _ = done.send(Ok(record));
                 }
@@ -415,7 +426,10 @@ impl Writer {
                 self.roll_back();
                 self.healthy.send_replace(false);
                 for done in waiters {
-                    let _ = done.send(Err(AppendError::Io(io::Error::new(e.kind(), e.to_string()))));
+                    let _ = done.send(Err(AppendError::Io(io::Error::new(
+                        e.kind(),
+                        e.to_string(),
+                    ))));
                 }
             }
         }
@@ -423,7 +437,11 @@ impl Writer {
 
     /// Cuts whatever part of a failed batch reached the file, so no partial record stays.
     fn roll_back(&mut self) {
-        if let Err(e) = self.file.set_len(self.len).and_then(|()| self.file.sync_data()) {
+        if let Err(e) = self
+            .file
+            .set_len(self.len)
+            .and_then(|()| self.file.sync_data())
+        {
             tracing::error!(error = %e, "cannot roll back a failed write; will retry before the next write");
         }
     }
@@ -508,7 +526,11 @@ mod tests {
         drop(file);
         let path = dir.path().join(FILE_NAME);
         let good = std::fs::read(&path).unwrap();
-        for torn in [&b"{\"id\":\"x\",\"mess"[..], b"not json\n", b"{\"id\":1}\n\0\0\0"] {
+        for torn in [
+            &b"{\"id\":\"x\",\"mess"[..],
+            b"not json\n",
+            b"{\"id\":1}\n\0\0\0",
+        ] {
             let mut bytes = good.clone();
             bytes.extend_from_slice(torn);
             std::fs::write(&path, &bytes).unwrap();
@@ -524,7 +546,8 @@ mod tests {
     async fn an_invalid_line_before_valid_ones_refuses_to_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
-        let valid = r#"{"id":"a","stored_at":"2026-01-01T00:00:00.000Z","message":"m","request_id":""}"#;
+        let valid =
+            r#"{"id":"a","stored_at":"2026-01-01T00:00:00.000Z","message":"m","request_id":""}"#;
         std::fs::write(&path, format!("{valid}\ngarbage\n{valid}\n")).unwrap();
         match DataFile::open(dir.path(), Fsync::Always, 10) {
             Err(OpenError::Corrupt { line, .. }) => assert_eq!(line, 2),
@@ -537,7 +560,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let not_a_dir = dir.path().join("file");
         std::fs::write(&not_a_dir, "x").unwrap();
-        let err = DataFile::open(&not_a_dir.join("data"), Fsync::Always, 10).err().unwrap();
-        assert!(err.to_string().contains(&*not_a_dir.to_string_lossy()), "{err}");
+        let err = DataFile::open(&not_a_dir.join("data"), Fsync::Always, 10)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains(&*not_a_dir.to_string_lossy()),
+            "{err}"
+        );
     }
 }

@@ -9,10 +9,10 @@ use registro::config::parse_duration;
 use registro::datanode::{self, DEFAULT_DEDUPE_CAPACITY, data_file::Fsync};
 use registro::server::DEFAULT_MAX_MESSAGE_BYTES;
 
-/// A registro datanode: appends every message to <data-dir>/messages.jsonl, synced before it
+/// A registro datanode: appends every message to `<data-dir>/messages.jsonl`, synced before it
 /// replies, and serves registro.v1.Store, the gRPC health protocol and reflection.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Address to listen on.
     #[arg(long, env = "REGISTRO_LISTEN", default_value = "0.0.0.0:6000")]
@@ -49,7 +49,8 @@ async fn main() -> anyhow::Result<()> {
     registro::config::init_tracing();
     let name = match args.name {
         Some(n) if !n.trim().is_empty() => n,
-        _ => registro::config::host_name().context("no --name given and the host name cannot be read")?,
+        _ => registro::config::host_name()
+            .context("no --name given and the host name cannot be read")?,
     };
     let listener = registro::server::bind(&args.listen).await?;
     let config = datanode::Config {
@@ -63,6 +64,10 @@ async fn main() -> anyhow::Result<()> {
         shutdown_grace: args.shutdown_grace,
     };
     let grace = config.shutdown_grace;
-    registro::server::run_until_signal(|shutdown| datanode::serve(listener, config, shutdown.wait()), grace).await?;
+    registro::server::run_until_signal(
+        |shutdown| datanode::serve(listener, config, shutdown.wait()),
+        grace,
+    )
+    .await?;
     Ok(())
 }

@@ -103,7 +103,9 @@ pub async fn serve(
         "datanode starting"
     );
     if config.fsync == Fsync::Never {
-        tracing::warn!("--fsync never: replies do not wait for the disk; a machine crash can lose acknowledged messages");
+        tracing::warn!(
+            "--fsync never: replies do not wait for the disk; a machine crash can lose acknowledged messages"
+        );
     }
 
     let (health, health_service) = Health::new(&[crate::STORE_SERVICE]).await;
@@ -121,7 +123,11 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(follow_disk_health(file.healthy(), health.clone(), stop_rx.clone()));
+    tasks.spawn(follow_disk_health(
+        file.healthy(),
+        health.clone(),
+        stop_rx.clone(),
+    ));
     if let Some(headnode) = &config.headnode {
         tasks.spawn(register::run(
             headnode.clone(),

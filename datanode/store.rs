@@ -70,7 +70,11 @@ impl pb::store_server::Store for StoreService {
         let outcome = self
             .dedupe
             .run(&key, || async {
-                let record = self.file.append(message, request_id).await.map_err(append_status)?;
+                let record = self
+                    .file
+                    .append(message, request_id)
+                    .await
+                    .map_err(append_status)?;
                 Ok::<_, Status>(reply(&self.name, &record))
             })
             .await;
@@ -92,7 +96,10 @@ impl pb::store_server::Store for StoreService {
 
     type ListStream = ReceiverStream<Result<StoredMessage, Status>>;
 
-    async fn list(&self, request: Request<ListRequest>) -> Result<Response<Self::ListStream>, Status> {
+    async fn list(
+        &self,
+        request: Request<ListRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
         let ListRequest { datanode, limit } = request.into_inner();
         if !datanode.is_empty() && datanode != self.name {
             return Err(Status::not_found(format!(
@@ -100,7 +107,11 @@ impl pb::store_server::Store for StoreService {
                 self.name
             )));
         }
-        let limit = if limit == 0 { u64::MAX } else { u64::from(limit) };
+        let limit = if limit == 0 {
+            u64::MAX
+        } else {
+            u64::from(limit)
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let file = self.file.clone();
         let name = self.name.clone();
@@ -113,7 +124,9 @@ impl pb::store_server::Store for StoreService {
             });
             if let Err(e) = result {
                 tracing::error!(error = %e, "cannot read the data file");
-                let _ = tx.blocking_send(Err(Status::internal(format!("cannot read the data file: {e}"))));
+                let _ = tx.blocking_send(Err(Status::internal(format!(
+                    "cannot read the data file: {e}"
+                ))));
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))

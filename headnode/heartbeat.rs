@@ -20,7 +20,12 @@ pub struct HeartbeatService {
 }
 
 impl HeartbeatService {
-    pub fn new(pool: Arc<Pool>, heartbeat_log: LogFile, heartbeat_interval: Duration, heartbeat_timeout: Duration) -> Self {
+    pub fn new(
+        pool: Arc<Pool>,
+        heartbeat_log: LogFile,
+        heartbeat_interval: Duration,
+        heartbeat_timeout: Duration,
+    ) -> Self {
         Self {
             pool,
             heartbeat_log,
@@ -31,7 +36,10 @@ impl HeartbeatService {
 }
 
 fn check_name(name: &str) -> Result<(), Status> {
-    if name.is_empty() || name.len() > 253 || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if name.is_empty()
+        || name.len() > 253
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(Status::invalid_argument(format!(
             "datanode name {name:?} must be 1 to 253 characters without spaces"
         )));
@@ -41,7 +49,10 @@ fn check_name(name: &str) -> Result<(), Status> {
 
 #[tonic::async_trait]
 impl pb::heartbeat_server::Heartbeat for HeartbeatService {
-    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterReply>, Status> {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterReply>, Status> {
         let RegisterRequest { name, address } = request.into_inner();
         check_name(&name)?;
         let (outcome, node) = self
@@ -50,7 +61,9 @@ impl pb::heartbeat_server::Heartbeat for HeartbeatService {
             .map_err(|e| Status::invalid_argument(format!("invalid address: {e}")))?;
         match &outcome {
             Registration::Known => {}
-            Registration::Added => tracing::info!(datanode = %name, address = %address, "datanode registered"),
+            Registration::Added => {
+                tracing::info!(datanode = %name, address = %address, "datanode registered")
+            }
             Registration::Moved { from } => {
                 tracing::warn!(datanode = %name, from = %from, to = %address, "datanode registered again from a new address; the newest wins")
             }
@@ -68,11 +81,15 @@ impl pb::heartbeat_server::Heartbeat for HeartbeatService {
         }
         Ok(Response::new(RegisterReply {
             added,
-            heartbeat_interval_ms: u64::try_from(self.heartbeat_interval.as_millis()).unwrap_or(u64::MAX),
+            heartbeat_interval_ms: u64::try_from(self.heartbeat_interval.as_millis())
+                .unwrap_or(u64::MAX),
         }))
     }
 
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
         let datanodes = self
             .pool
             .members()

@@ -12,7 +12,7 @@ use registro::server::DEFAULT_MAX_MESSAGE_BYTES;
 /// The registro headnode: forwards each Store to a random healthy datanode, probes every datanode
 /// with the gRPC health protocol, and writes the registro and heartbeat logs.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Address to listen on.
     #[arg(long, env = "REGISTRO_LISTEN", default_value = "0.0.0.0:5000")]
@@ -52,7 +52,11 @@ async fn main() -> anyhow::Result<()> {
     registro::config::init_tracing();
     let listener = registro::server::bind(&args.listen).await?;
     let config = headnode::Config {
-        datanodes: args.datanodes.into_iter().filter(|d| !d.trim().is_empty()).collect(),
+        datanodes: args
+            .datanodes
+            .into_iter()
+            .filter(|d| !d.trim().is_empty())
+            .collect(),
         heartbeat_interval: args.heartbeat_interval,
         heartbeat_timeout: args.heartbeat_timeout,
         heartbeat_log: args.heartbeat_log,
@@ -63,6 +67,10 @@ async fn main() -> anyhow::Result<()> {
         shutdown_grace: args.shutdown_grace,
     };
     let grace = config.shutdown_grace;
-    registro::server::run_until_signal(|shutdown| headnode::serve(listener, config, shutdown.wait()), grace).await?;
+    registro::server::run_until_signal(
+        |shutdown| headnode::serve(listener, config, shutdown.wait()),
+        grace,
+    )
+    .await?;
     Ok(())
 }

@@ -66,7 +66,10 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot open log file {path}: {source}")]
-    Log { path: PathBuf, source: std::io::Error },
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid datanode address in --datanodes: {0}")]
     Datanode(String),
     #[error("cannot build reflection: {0}")]
@@ -84,7 +87,11 @@ fn open_log(path: &PathBuf) -> Result<LogFile, Error> {
 
 /// Runs a headnode on `listener` until `shutdown` resolves, then shuts down gracefully and syncs
 /// its logs.
-pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let heartbeat_log = open_log(&config.heartbeat_log)?;
     let registro_log = open_log(&config.registro_log)?;
     let pool = Arc::new(Pool::new(config.heartbeat_timeout));
@@ -100,7 +107,8 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
         "headnode starting"
     );
 
-    let (health, health_service) = Health::new(&[crate::STORE_SERVICE, crate::HEARTBEAT_SERVICE]).await;
+    let (health, health_service) =
+        Health::new(&[crate::STORE_SERVICE, crate::HEARTBEAT_SERVICE]).await;
     // Not ready until a datanode passes a probe.
     health.set(crate::STORE_SERVICE, false).await;
     let store = store::StoreService::new(
@@ -155,7 +163,11 @@ pub async fn serve(listener: TcpListener, config: Config, shutdown: impl Future<
 }
 
 /// Keeps `registro.v1.Store` SERVING exactly while at least one datanode is.
-async fn follow_readiness(pool: Arc<Pool>, health: Health, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn follow_readiness(
+    pool: Arc<Pool>,
+    health: Health,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut serving = pool.serving();
     loop {
         let count = *serving.borrow_and_update();

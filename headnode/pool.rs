@@ -77,9 +77,15 @@ pub struct Datanode {
 }
 
 impl Datanode {
-    fn new(name: String, address: String, registered: bool, connect_timeout: Duration) -> Result<Self, String> {
+    fn new(
+        name: String,
+        address: String,
+        registered: bool,
+        connect_timeout: Duration,
+    ) -> Result<Self, String> {
         crate::config::check_host_port(&address)?;
-        let channel = crate::config::lazy_channel(&address, connect_timeout).map_err(|e| e.to_string())?;
+        let channel =
+            crate::config::lazy_channel(&address, connect_timeout).map_err(|e| e.to_string())?;
         Ok(Self {
             name,
             address,
@@ -127,7 +133,9 @@ impl Datanode {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Observation> {
-        self.observation.lock().unwrap_or_else(PoisonError::into_inner)
+        self.observation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -166,22 +174,38 @@ impl Pool {
     /// [`crate::config::static_datanode_name`]).
     pub fn add_static(&self, address: &str) -> Result<(), String> {
         let name = crate::config::static_datanode_name(address);
-        let node = Datanode::new(name.clone(), address.to_string(), false, self.connect_timeout)?;
+        let node = Datanode::new(
+            name.clone(),
+            address.to_string(),
+            false,
+            self.connect_timeout,
+        )?;
         self.write().insert(name, Arc::new(node));
         Ok(())
     }
 
     /// Registers a datanode that announced itself. The newest announcement of a name wins.
-    pub fn register(&self, name: &str, address: &str) -> Result<(Registration, Arc<Datanode>), String> {
+    pub fn register(
+        &self,
+        name: &str,
+        address: &str,
+    ) -> Result<(Registration, Arc<Datanode>), String> {
         let mut members = self.write();
         if let Some(existing) = members.get(name)
             && existing.address == address
         {
             return Ok((Registration::Known, existing.clone()));
         }
-        let node = Arc::new(Datanode::new(name.to_string(), address.to_string(), true, self.connect_timeout)?);
+        let node = Arc::new(Datanode::new(
+            name.to_string(),
+            address.to_string(),
+            true,
+            self.connect_timeout,
+        )?);
         let outcome = match members.insert(name.to_string(), node.clone()) {
-            Some(old) => Registration::Moved { from: old.address.clone() },
+            Some(old) => Registration::Moved {
+                from: old.address.clone(),
+            },
             None => {
                 // A static entry for the same address is this datanode under a provisional name.
                 let provisional = members
@@ -266,7 +290,8 @@ impl Pool {
 
     fn publish_serving(&self) {
         let count = self.read().values().filter(|m| m.is_serving()).count();
-        self.serving.send_if_modified(|n| std::mem::replace(n, count) != count);
+        self.serving
+            .send_if_modified(|n| std::mem::replace(n, count) != count);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Datanode>>> {
@@ -314,11 +339,16 @@ mod tests {
         }
         let mut counts = BTreeMap::new();
         for _ in 0..3000 {
-            *counts.entry(p.choose(&[]).unwrap().name.clone()).or_insert(0) += 1;
+            *counts
+                .entry(p.choose(&[]).unwrap().name.clone())
+                .or_insert(0) += 1;
         }
         assert_eq!(counts.len(), 3);
         // Uniform: each gets 1000 ± a generous margin (over 8 standard deviations).
-        assert!(counts.values().all(|&c| (800..=1200).contains(&c)), "{counts:?}");
+        assert!(
+            counts.values().all(|&c| (800..=1200).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     #[tokio::test]
@@ -326,11 +356,24 @@ mod tests {
         let p = pool();
         p.add_static("127.0.0.1:6001").unwrap();
         let (r, _) = p.register("datanode1", "127.0.0.1:6001").unwrap();
-        assert_eq!(r, Registration::Renamed { from: "127.0.0.1:6001".into() });
+        assert_eq!(
+            r,
+            Registration::Renamed {
+                from: "127.0.0.1:6001".into()
+            }
+        );
         assert_eq!(p.members().len(), 1);
-        assert_eq!(p.register("datanode1", "127.0.0.1:6001").unwrap().0, Registration::Known);
+        assert_eq!(
+            p.register("datanode1", "127.0.0.1:6001").unwrap().0,
+            Registration::Known
+        );
         let (r, _) = p.register("datanode1", "127.0.0.1:7001").unwrap();
-        assert_eq!(r, Registration::Moved { from: "127.0.0.1:6001".into() });
+        assert_eq!(
+            r,
+            Registration::Moved {
+                from: "127.0.0.1:6001".into()
+            }
+        );
         assert_eq!(p.get("datanode1").unwrap().address, "127.0.0.1:7001");
         assert!(p.register("bad", "no-port").is_err());
     }

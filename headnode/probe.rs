@@ -15,7 +15,13 @@ use super::pool::{Datanode, Pool, ProbeResult};
 use crate::logfile::LogFile;
 
 /// Probes the whole pool every `interval` until `stop` turns true.
-pub async fn run(pool: Arc<Pool>, log: LogFile, interval: Duration, timeout: Duration, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    pool: Arc<Pool>,
+    log: LogFile,
+    interval: Duration,
+    timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -66,7 +72,10 @@ pub async fn probe(member: &Datanode, timeout: Duration) -> ProbeResult {
             }
         }
         Ok(Err(status)) => ProbeResult::Unreachable(describe(&status)),
-        Err(_) => ProbeResult::Unreachable(format!("no answer within {}", humantime::format_duration(timeout))),
+        Err(_) => ProbeResult::Unreachable(format!(
+            "no answer within {}",
+            humantime::format_duration(timeout)
+        )),
     }
 }
 
@@ -109,11 +118,21 @@ mod tests {
     fn lines_follow_the_spec() {
         let ts = "2026-11-23T10:00:00.000Z";
         assert_eq!(
-            format_line(ts, "datanode1", "datanode1:6000", &ProbeResult::Serving(Duration::from_micros(420))),
+            format_line(
+                ts,
+                "datanode1",
+                "datanode1:6000",
+                &ProbeResult::Serving(Duration::from_micros(420))
+            ),
             "2026-11-23T10:00:00.000Z datanode1 datanode1:6000 SERVING 0.42ms"
         );
         assert_eq!(
-            format_line(ts, "d", "h:1", &ProbeResult::Unreachable("Unavailable: connection refused".into())),
+            format_line(
+                ts,
+                "d",
+                "h:1",
+                &ProbeResult::Unreachable("Unavailable: connection refused".into())
+            ),
             "2026-11-23T10:00:00.000Z d h:1 UNREACHABLE Unavailable: connection refused"
         );
     }

@@ -45,14 +45,21 @@ impl StoreService {
 
     /// Forwards to a random SERVING datanode; on a failure that says nothing about the request
     /// itself (transport, UNAVAILABLE, deadline), marks that datanode down and tries another.
-    async fn forward(&self, message: &str, request_id: &str) -> Result<(StoreReply, Arc<Datanode>), Status> {
+    async fn forward(
+        &self,
+        message: &str,
+        request_id: &str,
+    ) -> Result<(StoreReply, Arc<Datanode>), Status> {
         let mut tried: Vec<String> = Vec::new();
         loop {
             let Some(node) = self.pool.choose(&tried) else {
                 return Err(Status::unavailable(if tried.is_empty() {
                     "no healthy datanode: none has passed its last health check".to_string()
                 } else {
-                    format!("no healthy datanode: forwards to {} failed", tried.join(", "))
+                    format!(
+                        "no healthy datanode: forwards to {} failed",
+                        tried.join(", ")
+                    )
                 }));
             };
             let mut request = Request::new(StoreRequest {
@@ -60,14 +67,22 @@ impl StoreService {
                 request_id: request_id.to_string(),
             });
             request.set_timeout(self.forward_timeout);
-            let error = match tokio::time::timeout(self.forward_timeout, node.store_client().store(request)).await {
+            let error = match tokio::time::timeout(
+                self.forward_timeout,
+                node.store_client().store(request),
+            )
+            .await
+            {
                 Ok(Ok(reply)) => {
                     node.count_routed();
                     return Ok((reply.into_inner(), node));
                 }
                 Ok(Err(status)) if !is_retryable(status.code()) => return Err(status),
                 Ok(Err(status)) => describe(&status),
-                Err(_) => format!("no reply within {}", humantime::format_duration(self.forward_timeout)),
+                Err(_) => format!(
+                    "no reply within {}",
+                    humantime::format_duration(self.forward_timeout)
+                ),
             };
             tracing::warn!(datanode = %node.name, error = %error, "forward failed; marking the datanode down and trying another");
             self.pool.mark_down(&node, &error);
@@ -80,7 +95,11 @@ impl StoreService {
 fn is_retryable(code: Code) -> bool {
     matches!(
         code,
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown | Code::Aborted
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::Aborted
     )
 }
 
@@ -126,7 +145,10 @@ impl pb::store_server::Store for StoreService {
 
     type ListStream = ReceiverStream<Result<StoredMessage, Status>>;
 
-    async fn list(&self, request: Request<ListRequest>) -> Result<Response<Self::ListStream>, Status> {
+    async fn list(
+        &self,
+        request: Request<ListRequest>,
+    ) -> Result<Response<Self::ListStream>, Status> {
         let ListRequest { datanode, limit } = request.into_inner();
         let members = if datanode.is_empty() {
             self.pool.members()
@@ -164,7 +186,11 @@ async fn merge(
     limit: u32,
     tx: tokio::sync::mpsc::Sender<Result<StoredMessage, Status>>,
 ) {
-    let limit = if limit == 0 { u64::MAX } else { u64::from(limit) };
+    let limit = if limit == 0 {
+        u64::MAX
+    } else {
+        u64::from(limit)
+    };
     let mut heads: Vec<(String, Streaming<StoredMessage>, Option<StoredMessage>)> = Vec::new();
     for (name, mut stream) in streams {
         let head = next(&name, &mut stream).await;
@@ -190,7 +216,10 @@ async fn merge(
 }
 
 fn sort_key(m: &StoredMessage) -> (i64, i32, &str) {
-    let (s, n) = m.stored_at.as_ref().map_or((0, 0), |t| (t.seconds, t.nanos));
+    let (s, n) = m
+        .stored_at
+        .as_ref()
+        .map_or((0, 0), |t| (t.seconds, t.nanos));
     (s, n, m.id.as_str())
 }
 

@@ -20,7 +20,10 @@ pub fn with_scheme(addr: &str) -> String {
 }
 
 /// An endpoint for one of our gRPC servers, with the transport settings every role uses.
-pub fn endpoint(addr: &str, connect_timeout: Duration) -> Result<Endpoint, tonic::transport::Error> {
+pub fn endpoint(
+    addr: &str,
+    connect_timeout: Duration,
+) -> Result<Endpoint, tonic::transport::Error> {
     Ok(Endpoint::from_shared(with_scheme(addr))?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
@@ -29,7 +32,10 @@ pub fn endpoint(addr: &str, connect_timeout: Duration) -> Result<Endpoint, tonic
 }
 
 /// A lazily connecting channel to `addr`: creating it never blocks or fails on an absent peer.
-pub fn lazy_channel(addr: &str, connect_timeout: Duration) -> Result<Channel, tonic::transport::Error> {
+pub fn lazy_channel(
+    addr: &str,
+    connect_timeout: Duration,
+) -> Result<Channel, tonic::transport::Error> {
     Ok(endpoint(addr, connect_timeout)?.connect_lazy())
 }
 

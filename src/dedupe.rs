@@ -125,15 +125,24 @@ mod tests {
             Ok::<_, ()>(7)
         };
         assert_eq!(d.run("k", op).await, Ok(Outcome::Fresh(7)));
-        assert_eq!(d.run("k", || async { Ok::<_, ()>(8) }).await, Ok(Outcome::Repeat(7)));
+        assert_eq!(
+            d.run("k", || async { Ok::<_, ()>(8) }).await,
+            Ok(Outcome::Repeat(7))
+        );
         assert_eq!(runs.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn a_failed_operation_can_be_retried() {
         let d = Dedupe::new(10);
-        assert_eq!(d.run("k", || async { Err::<u32, _>("boom") }).await, Err("boom"));
-        assert_eq!(d.run("k", || async { Ok::<_, &str>(1) }).await, Ok(Outcome::Fresh(1)));
+        assert_eq!(
+            d.run("k", || async { Err::<u32, _>("boom") }).await,
+            Err("boom")
+        );
+        assert_eq!(
+            d.run("k", || async { Ok::<_, &str>(1) }).await,
+            Ok(Outcome::Fresh(1))
+        );
     }
 
     #[tokio::test]
@@ -168,15 +177,27 @@ mod tests {
             d.run(k, || async { Ok::<_, ()>(k) }).await.unwrap();
         }
         assert_eq!(d.len(), 2);
-        assert_eq!(d.run("a", || async { Ok::<_, ()>("again") }).await, Ok(Outcome::Fresh("again")));
-        assert_eq!(d.run("c", || async { Ok::<_, ()>("x") }).await, Ok(Outcome::Repeat("c")));
+        assert_eq!(
+            d.run("a", || async { Ok::<_, ()>("again") }).await,
+            Ok(Outcome::Fresh("again"))
+        );
+        assert_eq!(
+            d.run("c", || async { Ok::<_, ()>("x") }).await,
+            Ok(Outcome::Repeat("c"))
+        );
     }
 
     #[tokio::test]
     async fn an_empty_key_always_runs() {
         let d = Dedupe::new(2);
-        assert_eq!(d.run("", || async { Ok::<_, ()>(1) }).await, Ok(Outcome::Fresh(1)));
-        assert_eq!(d.run("", || async { Ok::<_, ()>(2) }).await, Ok(Outcome::Fresh(2)));
+        assert_eq!(
+            d.run("", || async { Ok::<_, ()>(1) }).await,
+            Ok(Outcome::Fresh(1))
+        );
+        assert_eq!(
+            d.run("", || async { Ok::<_, ()>(2) }).await,
+            Ok(Outcome::Fresh(2))
+        );
         assert!(d.is_empty());
     }
 }

@@ -35,7 +35,8 @@ pub mod pb {
     tonic::include_proto!("registro.v1");
 
     /// The encoded descriptors of `registro.proto`, served by reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("registro_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("registro_descriptor");
 }
 
 /// The gRPC name of the Store service, as health checks and reflection know it.

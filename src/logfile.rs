@@ -34,12 +34,10 @@ impl LogFile {
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let name = format!("log {}", path.display());
-        std::thread::Builder::new()
-            .name(name)
-            .spawn({
-                let path = path.clone();
-                move || write_loop(file, &path, rx)
-            })?;
+        std::thread::Builder::new().name(name).spawn({
+            let path = path.clone();
+            move || write_loop(file, &path, rx)
+        })?;
         Ok(Self { tx, path })
     }
 
@@ -112,10 +110,16 @@ mod tests {
         log.line("one".into());
         log.line("two \"quoted\"".into());
         log.sync().await.unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo \"quoted\"\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "one\ntwo \"quoted\"\n"
+        );
         let again = LogFile::open(&path).unwrap();
         again.line("three".into());
         again.sync().await.unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\ntwo \"quoted\"\nthree\n");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "one\ntwo \"quoted\"\nthree\n"
+        );
     }
 }

@@ -38,14 +38,25 @@ impl Health {
     /// service that publishes them.
     pub async fn new(
         services: &[&'static str],
-    ) -> (Self, tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>) {
+    ) -> (
+        Self,
+        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    ) {
         let (reporter, service) = tonic_health::server::health_reporter();
         let mut all = vec![""];
         all.extend_from_slice(services);
         for name in services {
-            reporter.set_service_status(name, ServingStatus::Serving).await;
+            reporter
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
         }
-        (Self { reporter, services: all }, service)
+        (
+            Self {
+                reporter,
+                services: all,
+            },
+            service,
+        )
     }
 
     /// Sets one service's status (`""` is the whole server).
@@ -77,8 +88,12 @@ impl Health {
 /// so grpcurl can `list`, `describe` and call every service.
 pub fn reflection() -> Result<
     (
-        tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
-        tonic_reflection::server::v1alpha::ServerReflectionServer<impl tonic_reflection::server::v1alpha::ServerReflection>,
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
     ),
     tonic_reflection::server::Error,
 > {
@@ -154,7 +169,10 @@ impl Shutdown {
 
 /// Runs a server until SIGTERM or SIGINT, handing it the signal as its `shutdown` future; exits
 /// the process with status 1 if it has not stopped by the hard deadline.
-pub async fn run_until_signal<F, E>(serve: impl FnOnce(Shutdown) -> F, grace: Duration) -> Result<(), E>
+pub async fn run_until_signal<F, E>(
+    serve: impl FnOnce(Shutdown) -> F,
+    grace: Duration,
+) -> Result<(), E>
 where
     F: Future<Output = Result<(), E>>,
 {

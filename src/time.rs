@@ -13,7 +13,7 @@ pub fn now() -> String {
     format(Utc::now())
 }
 
-/// Parses the format written by [`format`] (any RFC 3339 time is accepted).
+/// Parses the format written by [`format()`] (any RFC 3339 time is accepted).
 pub fn parse(s: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(s)
         .ok()
@@ -41,7 +41,10 @@ mod tests {
     fn format_is_rfc3339_utc_with_milliseconds() {
         let t = DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap();
         assert_eq!(format(t), "2023-11-14T22:13:20.123Z");
-        assert_eq!(parse("2023-11-14T22:13:20.123Z").map(format).as_deref(), Some("2023-11-14T22:13:20.123Z"));
+        assert_eq!(
+            parse("2023-11-14T22:13:20.123Z").map(format).as_deref(),
+            Some("2023-11-14T22:13:20.123Z")
+        );
     }
 
     #[test]

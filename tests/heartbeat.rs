@@ -19,7 +19,11 @@ fn lines_for(cluster_dir: &std::path::Path, name: &str) -> Vec<Vec<String>> {
 }
 
 async fn health(url: &str, service: &str) -> ServingStatus {
-    let channel = tonic::transport::Endpoint::from_shared(url.to_string()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut client = HealthClient::new(channel);
     client
         .check(HealthCheckRequest {
@@ -45,11 +49,18 @@ async fn heartbeat_log_lines_follow_the_format() {
     for fields in lines {
         assert_eq!(fields.len(), 5, "{fields:?}");
         let ts = &fields[0];
-        assert!(registro::time::parse(ts).is_some() && ts.ends_with('Z') && ts.len() == 24, "{ts}");
+        assert!(
+            registro::time::parse(ts).is_some() && ts.ends_with('Z') && ts.len() == 24,
+            "{ts}"
+        );
         assert_eq!(fields[2], name, "address");
         assert_eq!(fields[3], "SERVING");
         let ms = fields[4].strip_suffix("ms").expect("latency in ms");
-        assert!(ms.parse::<f64>().is_ok_and(|v| v >= 0.0) && ms.split('.').nth(1).map(str::len) == Some(2), "{ms}");
+        assert!(
+            ms.parse::<f64>().is_ok_and(|v| v >= 0.0)
+                && ms.split('.').nth(1).map(str::len) == Some(2),
+            "{ms}"
+        );
     }
 }
 
@@ -66,18 +77,24 @@ async fn a_stopped_datanode_turns_unreachable_then_serving_again() {
     let wait_for = |word: &'static str| {
         let (dir, addr, url) = (cluster.path().to_path_buf(), addr.clone(), url.clone());
         async move {
-            eventually(&format!("{addr} {word} in the log and in Status"), || async {
-                let logged = lines_for(&dir, &addr).last().is_some_and(|f| f[3] == word);
-                let status = status(&url).await;
-                let reported = status.iter().any(|d| d.name == addr && d.status == word);
-                (logged && reported).then_some(())
-            })
+            eventually(
+                &format!("{addr} {word} in the log and in Status"),
+                || async {
+                    let logged = lines_for(&dir, &addr).last().is_some_and(|f| f[3] == word);
+                    let status = status(&url).await;
+                    let reported = status.iter().any(|d| d.name == addr && d.status == word);
+                    (logged && reported).then_some(())
+                },
+            )
             .await
         }
     };
     wait_for("UNREACHABLE").await;
     let last = lines_for(cluster.path(), &addr).pop().unwrap();
-    assert!(last[4].contains("refused") || last[4].contains("Unavailable"), "the error is the detail: {last:?}");
+    assert!(
+        last[4].contains("refused") || last[4].contains("Unavailable"),
+        "the error is the detail: {last:?}"
+    );
 
     let _back = datanode_on(&addr, datanode_config(cluster.path(), "datanode2")).await;
     wait_for("SERVING").await;
@@ -91,8 +108,14 @@ async fn headnode_readiness_follows_the_datanodes() {
     let head = headnode(headnode_config(dir.path(), vec![])).await;
     let url = head.url();
     assert_eq!(health(&url, "").await, ServingStatus::Serving);
-    assert_eq!(health(&url, registro::STORE_SERVICE).await, ServingStatus::NotServing);
-    assert_eq!(health(&url, registro::HEARTBEAT_SERVICE).await, ServingStatus::Serving);
+    assert_eq!(
+        health(&url, registro::STORE_SERVICE).await,
+        ServingStatus::NotServing
+    );
+    assert_eq!(
+        health(&url, registro::HEARTBEAT_SERVICE).await,
+        ServingStatus::Serving
+    );
 
     let mut config = datanode_config(dir.path(), "d1");
     config.headnode = Some(url.clone());
@@ -121,26 +144,50 @@ async fn datanodes_register_and_come_back_after_a_headnode_restart() {
     config.headnode = Some(head.url());
     let _node = datanode_on("127.0.0.1:0", config).await;
     eventually("datanode7 SERVING", || async {
-        status(&head.url()).await.iter().any(|d| d.name == "datanode7" && d.status == "SERVING" && d.registered).then_some(())
+        status(&head.url())
+            .await
+            .iter()
+            .any(|d| d.name == "datanode7" && d.status == "SERVING" && d.registered)
+            .then_some(())
     })
     .await;
-    assert_eq!(store(&head.url(), "hi", "").await.unwrap().datanode, "datanode7");
+    assert_eq!(
+        store(&head.url(), "hi", "").await.unwrap().datanode,
+        "datanode7"
+    );
 
     head.stop().await;
     let again = headnode_on(&head_addr, headnode_config(dir.path(), vec![])).await;
     // The datanode re-registers every heartbeat interval it was told: 100 ms here.
-    eventually("datanode7 back in the restarted headnode's pool", || async {
-        status(&again.url()).await.iter().any(|d| d.name == "datanode7" && d.status == "SERVING").then_some(())
-    })
+    eventually(
+        "datanode7 back in the restarted headnode's pool",
+        || async {
+            status(&again.url())
+                .await
+                .iter()
+                .any(|d| d.name == "datanode7" && d.status == "SERVING")
+                .then_some(())
+        },
+    )
     .await;
-    assert_eq!(store(&again.url(), "again", "").await.unwrap().datanode, "datanode7");
+    assert_eq!(
+        store(&again.url(), "again", "").await.unwrap().datanode,
+        "datanode7"
+    );
 }
 
 /// The datanode's own health: SERVING for "" and for the Store service.
 #[tokio::test]
 async fn a_datanode_serves_the_health_protocol() {
     let dir = tempfile::tempdir().unwrap();
-    let node = datanode_on("127.0.0.1:0", datanode::Config::new("d", dir.path().join("d"))).await;
+    let node = datanode_on(
+        "127.0.0.1:0",
+        datanode::Config::new("d", dir.path().join("d")),
+    )
+    .await;
     assert_eq!(health(&node.url(), "").await, ServingStatus::Serving);
-    assert_eq!(health(&node.url(), registro::STORE_SERVICE).await, ServingStatus::Serving);
+    assert_eq!(
+        health(&node.url(), registro::STORE_SERVICE).await,
+        ServingStatus::Serving
+    );
 }

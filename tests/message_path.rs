@@ -60,23 +60,39 @@ async fn every_acknowledged_message_is_in_exactly_one_data_file_byte_for_byte() 
         total += records.len();
         per_node.insert(name, records);
     }
-    assert_eq!(total, sent.len(), "nothing stored that was not acknowledged");
+    assert_eq!(
+        total,
+        sent.len(),
+        "nothing stored that was not acknowledged"
+    );
     for (message, reply) in &sent {
         let holders: Vec<_> = per_node
             .iter()
             .filter(|(_, records)| records.iter().any(|r| r.id == reply.id))
             .map(|(name, _)| *name)
             .collect();
-        assert_eq!(holders, vec![reply.datanode.as_str()], "id {} in exactly the named file", reply.id);
-        let record = per_node[reply.datanode.as_str()].iter().find(|r| r.id == reply.id).unwrap();
+        assert_eq!(
+            holders,
+            vec![reply.datanode.as_str()],
+            "id {} in exactly the named file",
+            reply.id
+        );
+        let record = per_node[reply.datanode.as_str()]
+            .iter()
+            .find(|r| r.id == reply.id)
+            .unwrap();
         assert_eq!(&record.message, message, "byte for byte");
     }
     for (name, records) in &per_node {
-        assert!(!records.is_empty(), "{name} got no messages: routing is not spread");
+        assert!(
+            !records.is_empty(),
+            "{name} got no messages: routing is not spread"
+        );
     }
     // Every line of every file is one record: no message broke a line.
     for name in per_node.keys() {
-        let text = std::fs::read_to_string(cluster.path().join(name).join("messages.jsonl")).unwrap();
+        let text =
+            std::fs::read_to_string(cluster.path().join(name).join("messages.jsonl")).unwrap();
         assert_eq!(text.lines().count(), per_node[name].len());
     }
 }
@@ -88,7 +104,10 @@ async fn list_returns_exactly_what_was_stored_oldest_first() {
     let cluster = Cluster::start(3).await;
     let url = cluster.headnode.url();
     let mut stored = BTreeMap::new();
-    for message in awkward_messages().into_iter().chain((0..30).map(|i| format!("m{i}"))) {
+    for message in awkward_messages()
+        .into_iter()
+        .chain((0..30).map(|i| format!("m{i}")))
+    {
         let reply = store(&url, &message, "").await.unwrap();
         stored.insert(reply.id.clone(), (message, reply.datanode));
     }
@@ -111,7 +130,10 @@ async fn list_returns_exactly_what_was_stored_oldest_first() {
     assert_eq!(only.len(), cluster.records("datanode1").len());
     assert!(only.iter().all(|m| m.datanode == "datanode1"));
     assert_eq!(list(&url, "", 5).await.unwrap().len(), 5);
-    assert_eq!(list(&url, "nosuch", 0).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        list(&url, "nosuch", 0).await.unwrap_err().code(),
+        Code::NotFound
+    );
 }
 
 /// A Store repeated with the same request_id — one after another or concurrently — gets the
@@ -169,7 +191,9 @@ async fn empty_and_oversized_messages_are_invalid_and_store_nothing() {
         }
     }
     // Exactly at the limit is fine.
-    store(&cluster.headnode.url(), &"z".repeat(64 * 1024), "").await.unwrap();
+    store(&cluster.headnode.url(), &"z".repeat(64 * 1024), "")
+        .await
+        .unwrap();
     let total: usize = ["datanode1", "datanode2", "datanode3"]
         .iter()
         .map(|n| cluster.records(n).len())
@@ -191,8 +215,16 @@ async fn no_healthy_datanode_is_unavailable_without_hanging() {
         let start = Instant::now();
         let err = store(&head.url(), "anyone?", "").await.unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);
-        assert!(err.message().contains("no healthy datanode"), "{}", err.message());
-        assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+        assert!(
+            err.message().contains("no healthy datanode"),
+            "{}",
+            err.message()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            start.elapsed()
+        );
         head.stop().await;
     }
 }
@@ -205,7 +237,9 @@ async fn stores_keep_succeeding_when_a_datanode_stops() {
     let victim = cluster.datanodes.remove(1);
     victim.stop().await;
     for i in 0..30 {
-        let reply = store(&url, &format!("after {i}"), "").await.expect("no error while two are healthy");
+        let reply = store(&url, &format!("after {i}"), "")
+            .await
+            .expect("no error while two are healthy");
         assert_ne!(reply.datanode, "datanode2");
     }
 }

@@ -33,7 +33,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(start.elapsed() < DEADLINE, "timed out after {DEADLINE:?} waiting for: {what}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -56,7 +59,9 @@ impl Node {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await.expect("node task panicked").expect("node failed");
+            task.await
+                .expect("node task panicked")
+                .expect("node failed");
         }
     }
 }
@@ -145,7 +150,13 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut datanodes = Vec::new();
         for i in 1..=n {
-            datanodes.push(datanode_on("127.0.0.1:0", datanode_config(dir.path(), &format!("datanode{i}"))).await);
+            datanodes.push(
+                datanode_on(
+                    "127.0.0.1:0",
+                    datanode_config(dir.path(), &format!("datanode{i}")),
+                )
+                .await,
+            );
         }
         let addrs = datanodes.iter().map(|d| d.addr.to_string()).collect();
         let headnode = headnode(headnode_config(dir.path(), addrs)).await;
@@ -166,7 +177,11 @@ impl Cluster {
     pub async fn wait_serving(&self, n: usize) {
         let url = self.headnode.url();
         eventually(&format!("{n} datanodes SERVING"), || async {
-            let serving = status(&url).await.iter().filter(|d| d.status == "SERVING").count();
+            let serving = status(&url)
+                .await
+                .iter()
+                .filter(|d| d.status == "SERVING")
+                .count();
             (serving == n).then_some(())
         })
         .await;
@@ -190,10 +205,16 @@ pub fn records_in(dir: &Path) -> Vec<Record> {
 }
 
 pub async fn store_client(url: &str) -> StoreClient<Channel> {
-    StoreClient::connect(url.to_string()).await.expect("connect")
+    StoreClient::connect(url.to_string())
+        .await
+        .expect("connect")
 }
 
-pub async fn store(url: &str, message: &str, request_id: &str) -> Result<StoreReply, tonic::Status> {
+pub async fn store(
+    url: &str,
+    message: &str,
+    request_id: &str,
+) -> Result<StoreReply, tonic::Status> {
     store_client(url)
         .await
         .store(StoreRequest {
@@ -237,10 +258,26 @@ pub fn bin(name: &str) -> &'static str {
 impl Proc {
     /// Spawns `name` with `args` in `dir` and waits until it logs its listening address.
     pub fn spawn(name: &str, args: &[&str], dir: &Path, log_name: &str) -> Self {
+        Self::spawn_full(name, args, &[], dir, log_name)
+    }
+
+    /// Spawns `name` configured by environment variables only.
+    pub fn spawn_with_env(name: &str, env: &[(&str, &str)], dir: &Path, log_name: &str) -> Self {
+        Self::spawn_full(name, &[], env, dir, log_name)
+    }
+
+    fn spawn_full(
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: &Path,
+        log_name: &str,
+    ) -> Self {
         let log = dir.join(log_name);
         let stderr = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin(name))
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(dir)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -266,9 +303,16 @@ impl Proc {
                 return rest.split_whitespace().next().unwrap_or("").to_string();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited with {status} before logging {marker:?}:\n{text}", self.log.display());
+                panic!(
+                    "{} exited with {status} before logging {marker:?}:\n{text}",
+                    self.log.display()
+                );
             }
-            assert!(start.elapsed() < DEADLINE, "no {marker:?} in {}:\n{text}", self.log.display());
+            assert!(
+                start.elapsed() < DEADLINE,
+                "no {marker:?} in {}:\n{text}",
+                self.log.display()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -298,7 +342,11 @@ impl Proc {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(start.elapsed() < DEADLINE, "{} did not exit", self.log.display());
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{} did not exit",
+                self.log.display()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
