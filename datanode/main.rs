@@ -20,7 +20,7 @@ struct Args {
     /// Name in receipts and in the headnode's pool [default: the host name].
     #[arg(long, env = "REGISTRO_NAME")]
     name: Option<String>,
-    /// Folder of the data file messages.jsonl (created if missing).
+    /// Folder of the data file messages.jsonl (created if missing); `{name}` in it is replaced by the datanode's name.
     #[arg(long, env = "REGISTRO_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
     /// Headnode to register with, e.g. http://headnode:5000; without it, no registration.
@@ -54,8 +54,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let listener = registro::server::bind(&args.listen).await?;
     let config = datanode::Config {
+        data_dir: PathBuf::from(args.data_dir.to_string_lossy().replace("{name}", &name)),
         name,
-        data_dir: args.data_dir,
         fsync: args.fsync,
         headnode: args.headnode,
         advertise: args.advertise,

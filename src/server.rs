@@ -19,7 +19,7 @@ use tonic_health::server::HealthReporter;
 use crate::pb;
 
 /// The largest gRPC message a server accepts or sends: the transport limit, above which tonic
-/// answers RESOURCE_EXHAUSTED before our code sees the request.
+/// answers OUT_OF_RANGE before our code sees the request.
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The default for `--max-message-bytes`: the longest message text a Store accepts.
