@@ -64,7 +64,9 @@ images: static
 	cp $(STATIC_DIR)/headnode $(STATIC_DIR)/datanode $(STATIC_DIR)/client $(IMAGE_DIR)/
 	strip $(IMAGE_DIR)/* 2>/dev/null || true
 	for image in headnode datanode client; do \
-	  DOCKER_BUILDKIT=0 docker build --quiet -f compose/Dockerfile --target $$image -t registro-$$image:latest $(IMAGE_DIR) >/dev/null || exit 1; \
+	  { DOCKER_BUILDKIT=0 docker build --quiet -f compose/Dockerfile --target $$image -t registro-$$image:latest $(IMAGE_DIR) >/dev/null; } 2>&1 \
+	    | { grep -v -e 'DEPRECATED: The legacy builder' -e 'BuildKit is currently disabled' -e 'environment-variable' -e '^$$' || true; }; \
+	  [ $${PIPESTATUS[0]} -eq 0 ] || exit 1; \
 	done
 	@docker images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^registro-'
 

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 bin=target/release
 data=data
-mkdir -p "$data/logs"
+mkdir -p "$data/logs" "$data/headnode" "$data/client"
 pids=()
 
 stop_all() {
@@ -32,8 +32,8 @@ for i in 1 2 3; do
     --headnode http://127.0.0.1:5000 2>"$data/logs/datanode$i.log" &
   pids+=($!)
 done
-"$bin/headnode" --listen 127.0.0.1:5000 --heartbeat-log "$data/heartbeat.log" \
-  --registro-log "$data/registro.log" 2>"$data/logs/headnode.log" &
+"$bin/headnode" --listen 127.0.0.1:5000 --heartbeat-log "$data/headnode/heartbeat.log" \
+  --registro-log "$data/headnode/registro.log" 2>"$data/logs/headnode.log" &
 pids+=($!)
 
 client=("$bin/client" --addr http://127.0.0.1:5000)
@@ -48,7 +48,7 @@ until [ "$("${client[@]}" status 2>/dev/null | grep -c ' SERVING ')" -eq 3 ]; do
 done
 
 echo "== client send (the exercise's messages)"
-"${client[@]}" send --log "$data/client.log"
+"${client[@]}" send --log "$data/client/client.log"
 echo
 echo "== headnode status"
 "${client[@]}" status
@@ -57,9 +57,9 @@ echo "== files"
 for i in 1 2 3; do
   printf '  %-31s %s messages\n' "$data/datanode$i/messages.jsonl" "$(wc -l <"$data/datanode$i/messages.jsonl")"
 done
-printf '  %-31s %s\n' "$data/registro.log" "one line per stored message (headnode)"
-printf '  %-31s %s\n' "$data/heartbeat.log" "one line per datanode per probe (headnode)"
-printf '  %-31s %s\n' "$data/client.log" "one line per reply (client)"
+printf '  %-31s %s\n' "$data/headnode/registro.log" "one line per stored message (headnode)"
+printf '  %-31s %s\n' "$data/headnode/heartbeat.log" "one line per datanode per probe (headnode)"
+printf '  %-31s %s\n' "$data/client/client.log" "one line per reply (client)"
 printf '  %-31s %s\n' "$data/logs/" "each process's own log (stderr)"
 echo
 echo "== stopping the cluster (SIGTERM)"

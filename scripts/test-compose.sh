@@ -51,7 +51,7 @@ fi
 
 # Make sure datanode2 holds something before it is killed.
 for _ in $(seq 1 60); do
-  "${client[@]}" send --count 1 --log data/client/host.log >/dev/null
+  "${client[@]}" send --count 1 --log data/client/host.log >/dev/null 2>&1
   [ "$("${client[@]}" list --datanode datanode2 | wc -l)" -gt 0 ] && break
 done
 before_ids=$("${client[@]}" list --datanode datanode2 | awk '{print $2}')
@@ -92,7 +92,7 @@ fi
 extra=$("${client[@]}" status | awk 'NR > 1 && $1 !~ /^datanode[123]$/ {print $1}' | head -1)
 got=0
 for _ in $(seq 1 200); do
-  "${client[@]}" send --count 1 --log data/client/host.log | grep -q "stored on $extra\." && { got=1; break; }
+  "${client[@]}" send --count 1 --log data/client/host.log 2>/dev/null | grep -q "stored on $extra\." && { got=1; break; }
 done
 [ $got -eq 1 ] && ok "the fourth datanode ($extra) gets traffic" || fail "the fourth datanode got no traffic"
 
