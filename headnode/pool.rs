@@ -283,6 +283,17 @@ impl Pool {
         self.publish_serving();
     }
 
+    /// Takes `node` out of routing at once because it said it is not serving (its health Watch
+    /// stream); the next probe that finds it SERVING puts it back.
+    pub fn mark_not_serving(&self, node: &Datanode) {
+        {
+            let mut o = node.lock();
+            o.liveness = Liveness::NotServing;
+            o.detail.clear();
+        }
+        self.publish_serving();
+    }
+
     /// Follows the number of SERVING members.
     pub fn serving(&self) -> watch::Receiver<usize> {
         self.serving.subscribe()

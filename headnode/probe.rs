@@ -3,7 +3,14 @@
 //! the pool and written as one heartbeat-log line:
 //!
 //! `<ts> <datanode> <address> <STATUS> <detail>` — detail is the latency (`0.42ms`) or the error.
+//!
+//! Between rounds, the headnode also follows each datanode's `Health/Watch` stream: a datanode
+//! that dies (its connection drops) or turns NOT_SERVING (shutting down, disk failing) is taken
+//! out of routing the moment its stream says so, and that change gets a log line of its own.
+//! Bringing a datanode back is left to the probes, so a flapping stream cannot route to a node
+//! that no probe has seen healthy.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +18,7 @@ use tokio::sync::watch;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use super::pool::{Datanode, Pool, ProbeResult};
+use super::pool::{Datanode, Liveness, Pool, ProbeResult};
 use crate::logfile::LogFile;
 
 /// Probes the whole pool every `interval` until `stop` turns true.
@@ -24,15 +31,96 @@ pub async fn run(
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watchers = Watchers::default();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
         let members = pool.members();
+        watchers.follow(&members, &pool, &log);
         let results = futures::future::join_all(members.iter().map(|m| probe(m, timeout))).await;
         for (member, result) in members.iter().zip(results) {
             record(&pool, &log, member, &result);
+        }
+    }
+}
+
+/// One `Health/Watch` task per datanode (by name and address), restarted each round if it ended.
+#[derive(Default)]
+struct Watchers {
+    tasks: HashMap<(String, String), tokio::task::JoinHandle<()>>,
+}
+
+impl Watchers {
+    fn follow(&mut self, members: &[Arc<Datanode>], pool: &Arc<Pool>, log: &LogFile) {
+        self.tasks.retain(|(name, address), task| {
+            let current = members
+                .iter()
+                .any(|m| &m.name == name && &m.address == address);
+            if !current {
+                task.abort();
+            }
+            current && !task.is_finished()
+        });
+        for member in members {
+            self.tasks
+                .entry((member.name.clone(), member.address.clone()))
+                .or_insert_with(|| tokio::spawn(watch(pool.clone(), log.clone(), member.clone())));
+        }
+    }
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for task in self.tasks.values() {
+            task.abort();
+        }
+    }
+}
+
+/// Follows one datanode's health stream until it ends; takes the datanode out of routing the
+/// moment the stream reports it not serving, or breaks.
+async fn watch(pool: Arc<Pool>, log: LogFile, member: Arc<Datanode>) {
+    let request = HealthCheckRequest {
+        service: crate::STORE_SERVICE.to_string(),
+    };
+    // A datanode that cannot be reached now is the probes' business; the next round retries.
+    let Ok(stream) = member.health_client().watch(request).await else {
+        return;
+    };
+    let mut stream = stream.into_inner();
+    loop {
+        let serving = member.observation().liveness == Liveness::Serving;
+        match stream.message().await {
+            Ok(Some(reply)) if reply.status() == ServingStatus::Serving => {}
+            Ok(Some(_)) => {
+                if serving {
+                    tracing::info!(datanode = %member.name, "health watch: datanode not serving; out of routing now");
+                    pool.mark_not_serving(&member);
+                    log.line(format!(
+                        "{} {} {} NOT_SERVING health watch",
+                        crate::time::now(),
+                        member.name,
+                        member.address
+                    ));
+                }
+            }
+            Ok(None) | Err(_) => {
+                if member.observation().liveness == Liveness::Serving {
+                    let error = "health watch stream broke: connection lost";
+                    tracing::info!(datanode = %member.name, "{error}; out of routing now");
+                    pool.mark_down(&member, error);
+                    let result = ProbeResult::Unreachable(error.to_string());
+                    log.line(format_line(
+                        &crate::time::now(),
+                        &member.name,
+                        &member.address,
+                        &result,
+                    ));
+                }
+                return;
+            }
         }
     }
 }
