@@ -6,7 +6,7 @@ VENV := $(TOOLS)/venv
 GRPCURL := $(VENV)/bin/grpcurl
 export GRPCURL
 
-.PHONY: build test demo fmt lint doc tools clean static images up down logs ps test-compose
+.PHONY: build test soak demo fmt lint doc tools clean static images up down logs ps test-compose
 
 # Containers: Compose v2 (`docker compose`) when present, else Compose v1 (`docker-compose`).
 COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
@@ -28,6 +28,10 @@ build:
 ## test: every test (unit, integration, process-level, grpcurl interop)
 test: tools
 	$(CARGO) test --locked --all-targets
+
+## soak: a minute of full load through the headnode; memory must stay flat
+soak: tools
+	$(CARGO) test --locked --test soak -- --ignored --nocapture
 
 ## demo: the cluster as local processes, no Docker
 demo: build

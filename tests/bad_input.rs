@@ -105,6 +105,28 @@ async fn register_refuses_bad_addresses_and_names() {
     assert_eq!(status(&cluster.headnode.url()).await.len(), 1);
 }
 
+/// The same name registering from a new address: the newest address wins.
+#[tokio::test]
+async fn the_newest_registration_of_a_name_wins() {
+    let cluster = Cluster::start(1).await;
+    let mut client = HeartbeatClient::connect(cluster.headnode.url()).await.unwrap();
+    for address in ["127.0.0.1:1", "127.0.0.1:2"] {
+        let reply = client
+            .register(RegisterRequest {
+                name: "mover".into(),
+                address: address.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(reply.added);
+    }
+    let status = status(&cluster.headnode.url()).await;
+    let mover: Vec<_> = status.iter().filter(|d| d.name == "mover").collect();
+    assert_eq!(mover.len(), 1);
+    assert_eq!(mover[0].address, "127.0.0.1:2");
+}
+
 /// List for a datanode the headnode does not know is NOT_FOUND; asking a datanode for another
 /// datanode's messages is NOT_FOUND too.
 #[tokio::test]
