@@ -1,6 +1,8 @@
 //! The datanode's `registro.v1.Store`: validates, deduplicates by request id, appends durably,
 //! and answers with a receipt. `List` streams the data file back.
 
+use std::sync::Arc;
+
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -11,10 +13,10 @@ use crate::pb::{self, ListRequest, StoreReply, StoreRequest, StoredMessage};
 
 /// The datanode's Store service.
 pub struct StoreService {
-    name: String,
+    name: Arc<str>,
     file: DataFile,
     /// Request id → first reply, rebuilt from the data file at start.
-    dedupe: Dedupe<StoreReply>,
+    dedupe: Arc<Dedupe<StoreReply>>,
     max_message_bytes: usize,
 }
 
@@ -26,9 +28,9 @@ impl StoreService {
             dedupe.remember(&record.request_id, reply(&config.name, record));
         }
         Self {
-            name: config.name.clone(),
+            name: config.name.as_str().into(),
             file,
-            dedupe,
+            dedupe: Arc::new(dedupe),
             max_message_bytes: config.max_message_bytes,
         }
     }
@@ -67,17 +69,22 @@ impl pb::store_server::Store for StoreService {
         } = request.into_inner();
         crate::validate_message(&message, self.max_message_bytes)?;
         let key = request_id.clone();
-        let outcome = self
-            .dedupe
-            .run(&key, || async {
-                let record = self
-                    .file
-                    .append(message, request_id)
-                    .await
-                    .map_err(append_status)?;
-                Ok::<_, Status>(reply(&self.name, &record))
-            })
-            .await;
+        let (dedupe, file, name) = (self.dedupe.clone(), self.file.clone(), self.name.clone());
+        // The append runs in a task of its own, so a caller that goes away (a forward past its
+        // deadline) cannot leave a record stored but unknown to the idempotency map.
+        let outcome = tokio::spawn(async move {
+            dedupe
+                .run(&request_id.clone(), || async {
+                    let record = file
+                        .append(message, request_id)
+                        .await
+                        .map_err(append_status)?;
+                    Ok::<_, Status>(reply(&name, &record))
+                })
+                .await
+        })
+        .await
+        .map_err(|e| Status::internal(format!("store task failed: {e}")))?;
         match outcome {
             Ok(Outcome::Fresh(reply)) => {
                 tracing::info!(id = %reply.id, receipt = %reply.receipt, "stored");
@@ -101,7 +108,7 @@ impl pb::store_server::Store for StoreService {
         request: Request<ListRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
         let ListRequest { datanode, limit } = request.into_inner();
-        if !datanode.is_empty() && datanode != self.name {
+        if !datanode.is_empty() && *datanode != *self.name {
             return Err(Status::not_found(format!(
                 "this is datanode {:?}, not {datanode:?}",
                 self.name

@@ -16,12 +16,18 @@ use crate::pb::{self, ListRequest, StoreReply, StoreRequest, StoredMessage};
 
 /// The headnode's Store service.
 pub struct StoreService {
+    forwarder: Arc<Forwarder>,
+    pool: Arc<Pool>,
+    max_message_bytes: usize,
+}
+
+/// What a Store needs after validation; shared with the task each Store runs in.
+struct Forwarder {
     pool: Arc<Pool>,
     /// `<ts> <id> <datanode> "<message>"` per stored message.
     registro_log: LogFile,
     /// Request id → first reply: a repeat must not land on another datanode.
     dedupe: Dedupe<StoreReply>,
-    max_message_bytes: usize,
     /// Deadline of one forward; past it the datanode is marked down and another is tried.
     forward_timeout: Duration,
 }
@@ -35,12 +41,33 @@ impl StoreService {
         forward_timeout: Duration,
     ) -> Self {
         Self {
+            forwarder: Arc::new(Forwarder {
+                pool: pool.clone(),
+                registro_log,
+                dedupe: Dedupe::new(dedupe_capacity),
+                forward_timeout,
+            }),
             pool,
-            registro_log,
-            dedupe: Dedupe::new(dedupe_capacity),
             max_message_bytes,
-            forward_timeout,
         }
+    }
+}
+
+impl Forwarder {
+    /// Stores once per request id: forwards, logs the receipt, remembers the reply.
+    async fn store(
+        &self,
+        message: String,
+        request_id: String,
+    ) -> Result<Outcome<StoreReply>, Status> {
+        self.dedupe
+            .run(&request_id, || async {
+                let (reply, _node) = self.forward(&message, &request_id).await?;
+                self.registro_log
+                    .line(registro_line(&crate::time::now(), &reply, &message));
+                Ok::<_, Status>(reply)
+            })
+            .await
     }
 
     /// Forwards to a random SERVING datanode; on a failure that says nothing about the request
@@ -118,15 +145,13 @@ impl pb::store_server::Store for StoreService {
             request_id,
         } = request.into_inner();
         crate::validate_message(&message, self.max_message_bytes)?;
-        let outcome = self
-            .dedupe
-            .run(&request_id, || async {
-                let (reply, _node) = self.forward(&message, &request_id).await?;
-                self.registro_log
-                    .line(registro_line(&crate::time::now(), &reply, &message));
-                Ok::<_, Status>(reply)
-            })
-            .await;
+        // The Store runs in a task of its own, to completion even if the client goes away, so
+        // its reply is remembered for the client's retry and no forward is cut off midway.
+        let forwarder = self.forwarder.clone();
+        let key = request_id.clone();
+        let outcome = tokio::spawn(async move { forwarder.store(message, key).await })
+            .await
+            .map_err(|e| Status::internal(format!("store task failed: {e}")))?;
         match outcome {
             Ok(Outcome::Fresh(reply)) => {
                 tracing::debug!(id = %reply.id, datanode = %reply.datanode, "stored");

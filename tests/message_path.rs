@@ -243,3 +243,38 @@ async fn stores_keep_succeeding_when_a_datanode_stops() {
         assert_ne!(reply.datanode, "datanode2");
     }
 }
+
+/// A Store the client gave up on (a 1 ms deadline) still runs to completion and is remembered:
+/// the retry with the same request_id gets its reply, and each message is stored once.
+#[tokio::test]
+async fn a_store_cut_off_by_the_client_is_remembered_for_its_retry() {
+    let cluster = Cluster::start(3).await;
+    let url = cluster.headnode.url();
+    let mut client = store_client(&url).await;
+    let mut cut_off = 0;
+    for i in 0..30 {
+        let mut request = tonic::Request::new(registro::pb::StoreRequest {
+            message: format!("impatient {i}"),
+            request_id: format!("cut-{i}"),
+        });
+        request.set_timeout(Duration::from_millis(1));
+        if client.store(request).await.is_err() {
+            cut_off += 1;
+        }
+        store(&url, &format!("impatient {i}"), &format!("cut-{i}"))
+            .await
+            .unwrap();
+    }
+    println!("{cut_off} of 30 first attempts were cut off by their deadline");
+    let all: Vec<_> = ["datanode1", "datanode2", "datanode3"]
+        .iter()
+        .flat_map(|n| cluster.records(n))
+        .collect();
+    for i in 0..30 {
+        let copies = all
+            .iter()
+            .filter(|r| r.request_id == format!("cut-{i}"))
+            .count();
+        assert_eq!(copies, 1, "cut-{i} stored {copies} times");
+    }
+}
