@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Parser;
 use registro::config::parse_duration;
 use registro::datanode::DEFAULT_DEDUPE_CAPACITY;
-use registro::headnode;
+use registro::headnode::{self, DEFAULT_DATANODE_CONNECTIONS};
 use registro::server::DEFAULT_MAX_MESSAGE_BYTES;
 
 /// The registro headnode: forwards each Store to a random healthy datanode, probes every datanode
@@ -35,6 +35,9 @@ struct Args {
     /// How long one forward to a datanode may take before another datanode is tried.
     #[arg(long, env = "REGISTRO_FORWARD_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
     forward_timeout: Duration,
+    /// HTTP/2 connections opened to each datanode for forwards (probes use one more).
+    #[arg(long, env = "REGISTRO_DATANODE_CONNECTIONS", default_value_t = DEFAULT_DATANODE_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    datanode_connections: usize,
     /// Longest message accepted, in bytes.
     #[arg(long, env = "REGISTRO_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
@@ -62,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         heartbeat_log: args.heartbeat_log,
         registro_log: args.registro_log,
         forward_timeout: args.forward_timeout,
+        datanode_connections: args.datanode_connections,
         max_message_bytes: args.max_message_bytes,
         dedupe_capacity: args.dedupe_capacity,
         shutdown_grace: args.shutdown_grace,

@@ -40,6 +40,8 @@ pub struct Config {
     pub registro_log: PathBuf,
     /// Deadline of one forward to a datanode.
     pub forward_timeout: Duration,
+    /// HTTP/2 connections the headnode opens to each datanode for forwards.
+    pub datanode_connections: usize,
     pub max_message_bytes: usize,
     /// How many recent request ids are remembered for idempotency.
     pub dedupe_capacity: usize,
@@ -55,12 +57,16 @@ impl Default for Config {
             heartbeat_log: "heartbeat.log".into(),
             registro_log: "registro.log".into(),
             forward_timeout: Duration::from_millis(500),
+            datanode_connections: DEFAULT_DATANODE_CONNECTIONS,
             max_message_bytes: server::DEFAULT_MAX_MESSAGE_BYTES,
             dedupe_capacity: crate::datanode::DEFAULT_DEDUPE_CAPACITY,
             shutdown_grace: Duration::from_secs(5),
         }
     }
 }
+
+/// Default forward connections per datanode: enough to keep both cores of a small machine busy.
+pub const DEFAULT_DATANODE_CONNECTIONS: usize = 4;
 
 /// Why a headnode stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +100,10 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let heartbeat_log = open_log(&config.heartbeat_log)?;
     let registro_log = open_log(&config.registro_log)?;
-    let pool = Arc::new(Pool::new(config.heartbeat_timeout));
+    let pool = Arc::new(Pool::new(
+        config.heartbeat_timeout,
+        config.datanode_connections,
+    ));
     for address in &config.datanodes {
         pool.add_static(address).map_err(Error::Datanode)?;
     }

@@ -2,7 +2,7 @@
 //! and the one routing decision ([`Pool::choose`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -69,8 +69,14 @@ pub struct Datanode {
     pub address: String,
     /// True when it announced itself; false when it came from `--datanodes`.
     pub registered: bool,
-    /// One HTTP/2 connection shared by forwards and probes.
-    channel: Channel,
+    /// HTTP/2 connections for forwards, used in turn: one tonic `Channel` sends every call
+    /// through a single buffer task, which caps a busy datanode's throughput.
+    forward_channels: Vec<Channel>,
+    /// The next forward connection to use.
+    next_forward: AtomicUsize,
+    /// A connection of its own for health probes and the Watch stream, so a probe never queues
+    /// behind forwards.
+    health_channel: Channel,
     observation: Mutex<Observation>,
     /// Messages stored on it through this headnode.
     routed: AtomicU64,
@@ -82,15 +88,22 @@ impl Datanode {
         address: String,
         registered: bool,
         connect_timeout: Duration,
+        connections: usize,
     ) -> Result<Self, String> {
         crate::config::check_host_port(&address)?;
         let channel =
-            crate::config::lazy_channel(&address, connect_timeout).map_err(|e| e.to_string())?;
+            || crate::config::lazy_channel(&address, connect_timeout).map_err(|e| e.to_string());
+        let forward_channels = (0..connections.max(1))
+            .map(|_| channel())
+            .collect::<Result<_, _>>()?;
+        let health_channel = channel()?;
         Ok(Self {
             name,
+            forward_channels,
+            next_forward: AtomicUsize::new(0),
+            health_channel,
             address,
             registered,
-            channel,
             observation: Mutex::new(Observation {
                 liveness: Liveness::Unknown,
                 last_checked: None,
@@ -101,16 +114,17 @@ impl Datanode {
         })
     }
 
-    /// A Store client on this datanode's connection.
+    /// A Store client on the next of this datanode's forward connections.
     pub fn store_client(&self) -> StoreClient<Channel> {
-        StoreClient::new(self.channel.clone())
+        let i = self.next_forward.fetch_add(1, Ordering::Relaxed) % self.forward_channels.len();
+        StoreClient::new(self.forward_channels[i].clone())
             .max_decoding_message_size(crate::server::MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(crate::server::MAX_GRPC_MESSAGE_BYTES)
     }
 
-    /// A health client on this datanode's connection.
+    /// A health client on this datanode's probe connection.
     pub fn health_client(&self) -> HealthClient<Channel> {
-        HealthClient::new(self.channel.clone())
+        HealthClient::new(self.health_channel.clone())
     }
 
     /// The current observation.
@@ -156,16 +170,20 @@ pub enum Registration {
 pub struct Pool {
     members: RwLock<BTreeMap<String, Arc<Datanode>>>,
     connect_timeout: Duration,
+    /// Forward connections per datanode.
+    connections: usize,
     /// How many members are SERVING; the headnode's readiness follows it.
     serving: watch::Sender<usize>,
 }
 
 impl Pool {
-    /// An empty pool whose connections give up connecting after `connect_timeout`.
-    pub fn new(connect_timeout: Duration) -> Self {
+    /// An empty pool that opens `connections` forward connections to each datanode (plus one
+    /// for probes); connecting gives up after `connect_timeout`.
+    pub fn new(connect_timeout: Duration, connections: usize) -> Self {
         Self {
             members: RwLock::new(BTreeMap::new()),
             connect_timeout,
+            connections,
             serving: watch::Sender::new(0),
         }
     }
@@ -179,6 +197,7 @@ impl Pool {
             address.to_string(),
             false,
             self.connect_timeout,
+            self.connections,
         )?;
         self.write().insert(name, Arc::new(node));
         Ok(())
@@ -201,6 +220,7 @@ impl Pool {
             address.to_string(),
             true,
             self.connect_timeout,
+            self.connections,
         )?);
         let outcome = match members.insert(name.to_string(), node.clone()) {
             Some(old) => Registration::Moved {
@@ -319,7 +339,7 @@ mod tests {
     use super::*;
 
     fn pool() -> Pool {
-        Pool::new(Duration::from_millis(100))
+        Pool::new(Duration::from_millis(100), 2)
     }
 
     #[tokio::test]

@@ -109,7 +109,9 @@ async fn register_refuses_bad_addresses_and_names() {
 #[tokio::test]
 async fn the_newest_registration_of_a_name_wins() {
     let cluster = Cluster::start(1).await;
-    let mut client = HeartbeatClient::connect(cluster.headnode.url()).await.unwrap();
+    let mut client = HeartbeatClient::connect(cluster.headnode.url())
+        .await
+        .unwrap();
     for address in ["127.0.0.1:1", "127.0.0.1:2"] {
         let reply = client
             .register(RegisterRequest {

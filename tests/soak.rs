@@ -28,26 +28,55 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a minute long: run with `make soak`"]
 async fn memory_stays_flat_under_a_minute_of_full_load() {
-    let secs: u64 = std::env::var("REGISTRO_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let secs: u64 = std::env::var("REGISTRO_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
     let dir = tempfile::tempdir().unwrap();
     let cap = ["--dedupe-capacity", "5000"];
     let datanodes: Vec<Proc> = (1..=3)
         .map(|i| {
             let (name, data) = (format!("datanode{i}"), format!("d{i}"));
-            let args = ["--listen", "127.0.0.1:0", "--name", &name, "--data-dir", &data, cap[0], cap[1]];
+            let args = [
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                &name,
+                "--data-dir",
+                &data,
+                cap[0],
+                cap[1],
+            ];
             Proc::spawn("datanode", &args, dir.path(), &format!("{name}.err"))
         })
         .collect();
-    let list = datanodes.iter().map(|d| d.addr.clone()).collect::<Vec<_>>().join(",");
+    let list = datanodes
+        .iter()
+        .map(|d| d.addr.clone())
+        .collect::<Vec<_>>()
+        .join(",");
     let head = Proc::spawn(
         "headnode",
-        &["--listen", "127.0.0.1:0", "--datanodes", &list, cap[0], cap[1]],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--datanodes",
+            &list,
+            cap[0],
+            cap[1],
+        ],
         dir.path(),
         "headnode.err",
     );
     let url = head.url();
     eventually("3 SERVING", || async {
-        (status(&url).await.iter().filter(|d| d.status == "SERVING").count() == 3).then_some(())
+        (status(&url)
+            .await
+            .iter()
+            .filter(|d| d.status == "SERVING")
+            .count()
+            == 3)
+            .then_some(())
     })
     .await;
 
@@ -57,7 +86,9 @@ async fn memory_stays_flat_under_a_minute_of_full_load() {
     for t in 0..32 {
         let (url, stop, ok, failed) = (url.clone(), stop.clone(), ok.clone(), failed.clone());
         workers.push(tokio::spawn(async move {
-            let channel = registro::config::endpoint(&url, Duration::from_secs(2)).unwrap().connect_lazy();
+            let channel = registro::config::endpoint(&url, Duration::from_secs(2))
+                .unwrap()
+                .connect_lazy();
             let mut client = StoreClient::new(channel);
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -75,7 +106,12 @@ async fn memory_stays_flat_under_a_minute_of_full_load() {
     }
 
     let pids: Vec<(String, u32)> = std::iter::once(("headnode".to_string(), head.pid()))
-        .chain(datanodes.iter().enumerate().map(|(i, d)| (format!("datanode{}", i + 1), d.pid())))
+        .chain(
+            datanodes
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (format!("datanode{}", i + 1), d.pid())),
+        )
         .collect();
     let mut samples: Vec<Vec<u64>> = vec![Vec::new(); pids.len()];
     let start = Instant::now();
@@ -91,9 +127,15 @@ async fn memory_stays_flat_under_a_minute_of_full_load() {
         w.await.unwrap();
     }
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    println!("soak: {secs} s, {ok} stored, {failed} failed, {:.0} req/s", ok as f64 / secs as f64);
+    println!(
+        "soak: {secs} s, {ok} stored, {failed} failed, {:.0} req/s",
+        ok as f64 / secs as f64
+    );
     assert_eq!(failed, 0);
-    assert!(ok > 5000 * 3, "the idempotency maps must fill past their bound ({ok} stores)");
+    assert!(
+        ok > 5000 * 3,
+        "the idempotency maps must fill past their bound ({ok} stores)"
+    );
 
     // Compare the peak of the second quarter (maps already full) with the peak of the last.
     let quarter = samples[0].len() / 4;
@@ -107,6 +149,9 @@ async fn memory_stays_flat_under_a_minute_of_full_load() {
             late as f64 / 1024.0,
             *s.iter().max().unwrap() as f64 / 1024.0
         );
-        assert!(late <= early + early / 5 + 2048, "{name} memory grew from {early} KiB to {late} KiB");
+        assert!(
+            late <= early + early / 5 + 2048,
+            "{name} memory grew from {early} KiB to {late} KiB"
+        );
     }
 }
