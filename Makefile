@@ -106,3 +106,8 @@ test-compose: tools
 clean:
 	$(CARGO) clean
 	rm -rf $(TOOLS)
+
+## bench: Store throughput and latency (direct, headnode, nginx) and failure detection; writes BENCHMARKS.md and docs/bench.svg
+.PHONY: bench
+bench:
+	scripts/bench.sh

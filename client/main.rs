@@ -1,5 +1,6 @@
 //! `client`: sends messages to a registro cluster and inspects it; see `client --help`.
 
+mod bench;
 mod health;
 mod list;
 mod send;
@@ -41,6 +42,8 @@ enum Command {
     List(list::Args),
     /// Check a server's health, as a container health check: exit 0 SERVING, 2 cannot connect, 3 RPC failed, 4 NOT_SERVING.
     Health(health::Args),
+    /// Load Store with concurrent requests and report throughput, errors and latency percentiles.
+    Bench(bench::Args),
 }
 
 /// Connects to `addr` now, so a dead server is one clear error instead of one per request.
@@ -64,6 +67,7 @@ async fn main() {
                 Command::Send(s) => send::run(&args.addr, args.timeout, s).await,
                 Command::Status => status::run(&args.addr, args.timeout).await,
                 Command::List(l) => list::run(&args.addr, args.timeout, l).await,
+                Command::Bench(b) => bench::run(&args.addr, args.timeout, b).await,
                 Command::Health(_) => unreachable!("handled above"),
             };
             match result {

@@ -65,8 +65,10 @@ impl Default for Config {
     }
 }
 
-/// Default forward connections per datanode: enough to keep both cores of a small machine busy.
-pub const DEFAULT_DATANODE_CONNECTIONS: usize = 4;
+/// Default forward connections per datanode. On a 2-core machine one connection wins: more of
+/// them mean fewer streams per write and more syscalls per Store (BENCHMARKS.md); on a larger
+/// machine a few let the datanode connections run on several cores.
+pub const DEFAULT_DATANODE_CONNECTIONS: usize = 1;
 
 /// Why a headnode stopped with an error.
 #[derive(Debug, thiserror::Error)]

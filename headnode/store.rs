@@ -89,11 +89,12 @@ impl Forwarder {
                     )
                 }));
             };
-            let mut request = Request::new(StoreRequest {
+            let request = StoreRequest {
                 message: message.to_string(),
                 request_id: request_id.to_string(),
-            });
-            request.set_timeout(self.forward_timeout);
+            };
+            // The deadline is enforced here, not sent along: a datanode that got the request
+            // finishes it (and remembers its request id) even after we have moved on.
             let error = match tokio::time::timeout(
                 self.forward_timeout,
                 node.store_client().store(request),

@@ -1,0 +1,388 @@
+#!/usr/bin/env bash
+# make bench: throughput and latency of registro.v1.Store/Store on loopback, side by side, in one
+# run with one load:
+#   (a) straight to one datanode, (b) through the headnode (3 datanodes),
+#   (c) through nginx grpc_pass with `random` balancing (the same 3 datanodes),
+# each driven by `client bench` and by h2load, for datanodes with --fsync always and --fsync never.
+# Rounds interleave the scenarios so machine noise hits all of them; the report takes medians.
+# Also measures how long the headnode takes to log a killed or hung datanode as UNREACHABLE, samples
+# the headnode's resident memory under load, and (when perf can sample) profiles the headnode.
+# Writes BENCHMARKS.md and docs/bench.svg; raw results and every process's log go to bench-out/.
+#
+# Settings (environment):
+#   BENCH_DURATION=10      seconds per measurement        BENCH_ROUNDS=3       rounds per fsync mode
+#   BENCH_CONCURRENCY=64   requests in flight             BENCH_CONNECTIONS=4  HTTP/2 connections
+#   BENCH_SIZE=100         message bytes                  BENCH_MODES="always never"
+#   BENCH_KILLS=5          SIGKILLs (and SIGSTOPs) of a datanode for detection time
+#   BENCH_PROFILE=auto     perf profile of the headnode (1, 0, or auto: when perf can sample)
+#   BENCH_RUST_LOG=warn    RUST_LOG of the nodes          BENCH_OUT=bench-out
+#   BENCH_KEEP_DATA=1      keep the data files and registro logs (deleted after counting)
+# A quick run: BENCH_DURATION=2 BENCH_ROUNDS=1 BENCH_KILLS=2 make bench
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+duration=${BENCH_DURATION:-10}
+rounds=${BENCH_ROUNDS:-3}
+concurrency=${BENCH_CONCURRENCY:-64}
+connections=${BENCH_CONNECTIONS:-4}
+size=${BENCH_SIZE:-100}
+modes=${BENCH_MODES:-always never}
+kills=${BENCH_KILLS:-5}
+profile=${BENCH_PROFILE:-auto}
+out=${BENCH_OUT:-bench-out}
+export RUST_LOG=${BENCH_RUST_LOG:-warn}
+
+# Ports away from make demo's 5000 and 6001-6003.
+head_port=15000
+nginx_port=15080
+datanode_ports=(16001 16002 16003)
+
+# h2load spreads the same load: `connections` clients, each with its share of streams in flight.
+streams=$(((concurrency + connections - 1) / connections))
+if ((streams * connections != concurrency)); then
+  echo "bench: BENCH_CONCURRENCY ($concurrency) is not a multiple of BENCH_CONNECTIONS ($connections); h2load will keep $((streams * connections)) in flight" >&2
+fi
+
+bin=target/release
+mkdir -p "$out" docs
+out=$(cd "$out" && pwd)
+# What an earlier run left there (only what this script writes).
+for mode in $modes; do rm -rf "${out:?}/$mode"; done
+rm -rf "$out/raw" "$out/nginx" "$out"/perf.data* "$out"/profile-* "$out"/*.jsonl "$out"/*.txt "$out"/*.log "$out"/body.bin
+results=$out/results.jsonl
+commands=$out/commands.txt
+: >"$results"
+: >"$commands"
+chart=scripts/bench_chart.py
+
+log() { printf '%s bench: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# ---- processes: every one we start is stopped on exit -------------------------------------------
+declare -A pids=()
+nginx_conf=""
+
+stop_nginx() {
+  if [ -n "$nginx_conf" ] && [ -n "${pids[nginx]:-}" ]; then
+    nginx -p "$out/nginx" -c "$nginx_conf" -s quit 2>/dev/null || kill -TERM "${pids[nginx]}" 2>/dev/null || true
+    wait "${pids[nginx]}" 2>/dev/null || true
+    unset 'pids[nginx]'
+  fi
+}
+
+stop_all() {
+  stop_nginx
+  for name in "${!pids[@]}"; do kill -CONT "${pids[$name]}" 2>/dev/null || true; done
+  for name in "${!pids[@]}"; do kill -TERM "${pids[$name]}" 2>/dev/null || true; done
+  for name in "${!pids[@]}"; do wait "${pids[$name]}" 2>/dev/null || true; done
+  pids=()
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+# Polls `$@` every 50 ms until it succeeds; fails after `$timeout` seconds.
+wait_for() {
+  local what=$1 timeout=$2
+  shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+      log "$what did not happen within ${timeout}s"
+      return 1
+    fi
+    sleep 0.05
+  done
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+serving_count() { "$bin/client" --addr "http://127.0.0.1:$head_port" status 2>/dev/null | grep -c ' SERVING ' || true; }
+all_serving() { [ "$(serving_count)" -eq 3 ]; }
+
+# ---- tools ------------------------------------------------------------------------------------
+log "building release binaries"
+cargo build --release --locked
+
+missing=()
+command -v nginx >/dev/null || missing+=(nginx)
+command -v h2load >/dev/null || missing+=(nghttp2-client)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "bench: ${missing[*]} missing; install them (apt-get install ${missing[*]}) or run as root" >&2
+    exit 1
+  fi
+  log "installing ${missing[*]} from Debian"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+for port in "$head_port" "$nginx_port" "${datanode_ports[@]}"; do
+  port_free "$port" || { echo "bench: port $port is in use" >&2; exit 1; }
+done
+
+python3 "$chart" body "$size" "$out/body.bin"
+
+# ---- the cluster --------------------------------------------------------------------------------
+start_datanode() { # index mode dir
+  local i=$1 mode=$2 dir=$3
+  "$bin/datanode" --listen "127.0.0.1:${datanode_ports[i - 1]}" --name "datanode$i" \
+    --data-dir "$dir/datanode$i" --headnode "http://127.0.0.1:$head_port" --fsync "$mode" \
+    2>>"$dir/logs/datanode$i.log" &
+  pids[datanode$i]=$!
+}
+
+start_cluster() { # mode dir
+  local mode=$1 dir=$2
+  rm -rf "$dir" && mkdir -p "$dir/logs" "$dir/headnode"
+  "$bin/headnode" --listen "127.0.0.1:$head_port" --heartbeat-log "$dir/headnode/heartbeat.log" \
+    --registro-log "$dir/headnode/registro.log" 2>"$dir/logs/headnode.log" &
+  pids[headnode]=$!
+  for i in 1 2 3; do start_datanode "$i" "$mode" "$dir"; done
+  wait_for "3 SERVING datanodes" 30 all_serving
+}
+
+start_nginx() {
+  mkdir -p "$out/nginx/tmp"
+  nginx_conf=$out/nginx/nginx.conf
+  local user=""
+  [ "$(id -u)" -eq 0 ] && user="user root;"
+  cat >"$nginx_conf" <<EOF
+# Written by scripts/bench.sh: gRPC to the datanodes, balanced at random, like the headnode.
+$user
+worker_processes auto;
+daemon off;
+pid $out/nginx/nginx.pid;
+error_log $out/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $out/nginx/tmp/body;
+    proxy_temp_path $out/nginx/tmp/proxy;
+    fastcgi_temp_path $out/nginx/tmp/fastcgi;
+    uwsgi_temp_path $out/nginx/tmp/uwsgi;
+    scgi_temp_path $out/nginx/tmp/scgi;
+    # Long-lived client connections: no GOAWAY after 1000 requests.
+    keepalive_requests 10000000;
+    keepalive_timeout 300s;
+    upstream datanodes {
+        random;
+        server 127.0.0.1:${datanode_ports[0]};
+        server 127.0.0.1:${datanode_ports[1]};
+        server 127.0.0.1:${datanode_ports[2]};
+        keepalive 256;
+        keepalive_requests 10000000;
+        keepalive_timeout 300s;
+    }
+    server {
+        listen 127.0.0.1:$nginx_port http2;
+        location / {
+            grpc_pass grpc://datanodes;
+        }
+    }
+}
+EOF
+  nginx -p "$out/nginx" -c "$nginx_conf" -t 2>"$out/nginx/config-test.log" \
+    || { cat "$out/nginx/config-test.log" >&2; return 1; }
+  nginx -p "$out/nginx" -c "$nginx_conf" 2>>"$out/nginx/error.log" &
+  pids[nginx]=$!
+  wait_for "nginx answering gRPC health checks" 20 \
+    "$bin/client" --addr "http://127.0.0.1:$nginx_port" health --service registro.v1.Store
+}
+
+# ---- measurements -----------------------------------------------------------------------------
+declare -A scenario_port=([a]=${datanode_ports[0]} [b]=$head_port [c]=$nginx_port)
+
+stored_lines() { cat "$1"/datanode*/messages.jsonl 2>/dev/null | wc -l; }
+
+# Waits until the data files stop growing (a stream cut at h2load's deadline may still land).
+settled_lines() {
+  local dir=$1 before after
+  after=$(stored_lines "$dir")
+  while :; do
+    sleep 0.3
+    before=$after
+    after=$(stored_lines "$dir")
+    [ "$before" -eq "$after" ] && break
+  done
+  echo "$after"
+}
+
+# Samples the headnode's VmRSS (kB) every 100 ms into $1 until killed.
+sample_rss() {
+  local pid=$1 file=$2
+  while [ -r "/proc/$pid/status" ]; do
+    awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" >>"$file" 2>/dev/null || true
+    sleep 0.1
+  done
+}
+
+# Remembers the first command line of each kind for the report, shell-quoted, paths relative.
+note_raw() { # key text
+  grep -q "^$1	" "$commands" || printf '%s\t%s\n' "$1" "${2//$PWD\//}" >>"$commands"
+}
+note_command() { # key command...
+  local key=$1 arg line=""
+  shift
+  for arg in "$@"; do
+    if [[ $arg =~ ^[A-Za-z0-9_./:=,@%+-]+$ ]]; then line+=" $arg"; else line+=" '${arg//\'/\'\\\'\'}'"; fi
+  done
+  note_raw "$key" "${line# }"
+}
+
+measure() { # mode dir round scenario generator
+  local mode=$1 dir=$2 round=$3 scenario=$4 generator=$5
+  local port=${scenario_port[$scenario]} tag="$mode-r$round-$scenario-$generator"
+  local before after rss_file="" rss_pid="" summary cmd
+  before=$(settled_lines "$dir")
+  if [ "$scenario" = b ]; then
+    rss_file=$out/raw/$tag.rss
+    : >"$rss_file"
+    sample_rss "${pids[headnode]}" "$rss_file" &
+    rss_pid=$!
+  fi
+  case $generator in
+    client)
+      cmd=("$bin/client" --addr "http://127.0.0.1:$port" bench --duration "${duration}s"
+        --concurrency "$concurrency" --connections "$connections" --size "$size" --json)
+      note_command "client-$scenario" "${cmd[@]}"
+      "${cmd[@]}" >"$out/raw/$tag.json" 2>"$out/raw/$tag.err"
+      summary=$(cat "$out/raw/$tag.json")
+      ;;
+    h2load)
+      cmd=(h2load -D "$duration" -c "$connections" -m "$streams" -d "$out/body.bin"
+        -H 'content-type: application/grpc' -H 'te: trailers' --log-file "$out/raw/$tag.tsv"
+        "http://127.0.0.1:$port/registro.v1.Store/Store")
+      note_command "h2load-$scenario" "${cmd[@]}"
+      "${cmd[@]}" >"$out/raw/$tag.txt" 2>&1
+      summary=$(python3 "$chart" h2load "$out/raw/$tag.txt" "$out/raw/$tag.tsv")
+      rm -f "$out/raw/$tag.tsv"
+      ;;
+  esac
+  if [ -n "$rss_pid" ]; then kill "$rss_pid" 2>/dev/null || true; wait "$rss_pid" 2>/dev/null || true; fi
+  after=$(settled_lines "$dir")
+  python3 - "$summary" "$mode" "$round" "$scenario" "$generator" "$((after - before))" "$rss_file" >>"$results" <<'EOF'
+import json, sys
+summary, mode, rnd, scenario, generator, stored, rss_file = sys.argv[1:]
+r = json.loads(summary)
+lat = r.get("latency_us", {})
+rss = [int(x) for x in open(rss_file).read().split()] if rss_file else []
+print(json.dumps({
+    "kind": "load", "mode": mode, "round": int(rnd), "scenario": scenario, "generator": generator,
+    "rps": r["throughput_rps"], "ok": r["ok"], "errors": r["errors"], "stored": int(stored),
+    "errors_by_code": r.get("errors_by_code", {}), "p50_us": lat.get("p50", 0),
+    "p90_us": lat.get("p90", 0), "p99_us": lat.get("p99", 0), "max_us": lat.get("max", 0),
+    "elapsed_s": r.get("elapsed_s", 0), "rss_max_kb": max(rss) if rss else None,
+}))
+EOF
+  log "$(tail -n 1 "$results" | python3 "$chart" line)"
+}
+
+# How long until the heartbeat log says datanode3 is gone, `kills` times for each of two faults:
+# SIGKILL (the process dies, its connections close) and SIGSTOP (it hangs with its connections
+# open, so only a probe that times out can tell).
+measure_detection() { # mode dir
+  local mode=$1 dir=$2 hb=$2/headnode/heartbeat.log
+  note_raw detect "kill -KILL|-STOP <datanode3 pid>; poll $hb every 10 ms for its first UNREACHABLE/NOT_SERVING line"
+  local signal k lines t0 t1 line deadline
+  for signal in KILL STOP; do
+    for k in $(seq 1 "$kills"); do
+      # A random phase against the 1 s heartbeat, so the samples cover the whole interval.
+      sleep "0.$(printf '%03d' $((RANDOM % 1000)))"
+      lines=$(wc -l <"$hb")
+      # Not a job of this shell any more, so bash does not announce "Killed".
+      [ "$signal" = KILL ] && disown "${pids[datanode3]}"
+      t0=$(date +%s%N)
+      kill "-$signal" "${pids[datanode3]}"
+      deadline=$((SECONDS + 15))
+      line=""
+      until line=$(tail -n "+$((lines + 1))" "$hb" | grep -m1 -E '^[^ ]+ datanode3 [^ ]+ (UNREACHABLE|NOT_SERVING) '); do
+        ((SECONDS < deadline)) || { log "SIG$signal: no UNREACHABLE line for datanode3 within 15 s"; break; }
+        sleep 0.01
+      done
+      t1=$(date +%s%N)
+      if [ -n "$line" ]; then
+        python3 "$chart" detect "$mode" "$signal" "$k" "$t0" "$t1" "$line" >>"$results"
+        log "SIG$signal $k: $(tail -n 1 "$results" | python3 "$chart" line)"
+      fi
+      if [ "$signal" = KILL ]; then
+        while kill -0 "${pids[datanode3]}" 2>/dev/null; do sleep 0.01; done
+        start_datanode 3 "$mode" "$dir"
+      else
+        kill -CONT "${pids[datanode3]}"
+      fi
+      wait_for "datanode3 SERVING again" 30 all_serving
+    done
+  done
+}
+
+# perf samples of the headnode's CPU (software clock: no hardware counters needed) under load (b).
+profile_headnode() { # dir
+  local dir=$1
+  local secs=$((duration < 5 ? duration : 5))
+  log "profiling the headnode for ${secs}s under load"
+  "$bin/client" --addr "http://127.0.0.1:$head_port" bench --duration "$((secs + 2))s" \
+    --concurrency "$concurrency" --connections "$connections" --size "$size" --json >"$out/profile-load.json" &
+  local load=$!
+  sleep 1
+  note_raw profile "perf record -e cpu-clock -F 999 --call-graph dwarf,16384 -p <headnode pid> -- sleep $secs  (under the client bench load of scenario b)"
+  perf record -q -e cpu-clock -F 999 --call-graph dwarf,16384 -p "${pids[headnode]}" \
+    -o "$out/perf.data" -- sleep "$secs" 2>"$out/perf-record.log" || true
+  wait "$load" || true
+  perf report -i "$out/perf.data" --no-children --sort dso,symbol --stdio -g none --percent-limit 0.7 \
+    2>/dev/null | grep -v -e '^#' -e '^$' | sed -E 's/[[:space:]-]+$//' | cut -c1-150 | head -30 \
+    >"$out/profile-self.txt" || true
+  perf script -i "$out/perf.data" -F comm,tid,ip,sym --no-inline 2>/dev/null >"$out/perf-script.txt" || true
+  python3 "$chart" profile "$out/perf-script.txt" >"$out/profile-breakdown.txt" || true
+  rm -f "$out/perf-script.txt"
+}
+
+perf_works() {
+  local ok=0
+  perf record -q -e cpu-clock -o "$out/perf-check.data" -- true >/dev/null 2>&1 || ok=1
+  rm -f "$out/perf-check.data"
+  return $ok
+}
+
+# ---- the run ----------------------------------------------------------------------------------
+mkdir -p "$out/raw"
+first_mode=${modes%% *}
+last_mode=${modes##* }
+for mode in $modes; do
+  dir=$out/$mode
+  log "fsync $mode: starting 3 datanodes, the headnode and nginx"
+  start_cluster "$mode" "$dir"
+  start_nginx
+  for scenario in a b c; do
+    "$bin/client" --addr "http://127.0.0.1:${scenario_port[$scenario]}" bench --duration 1s \
+      --concurrency "$concurrency" --connections "$connections" --size "$size" --json >/dev/null
+  done
+  for round in $(seq 1 "$rounds"); do
+    # Rotate the order each round so no scenario always runs first.
+    order=(a b c)
+    shift_by=$(((round - 1) % 3))
+    order=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
+    for scenario in "${order[@]}"; do
+      for generator in client h2load; do
+        measure "$mode" "$dir" "$round" "$scenario" "$generator"
+      done
+    done
+  done
+  if [ "$mode" = "$last_mode" ] && [ "$profile" != 0 ]; then
+    if perf_works; then
+      profile_headnode "$dir"
+    elif [ "$profile" = 1 ]; then
+      log "perf cannot sample here; no profile"
+    fi
+  fi
+  if [ "$mode" = "$first_mode" ] && ((kills > 0)); then
+    log "fsync $mode: failure detection, $kills SIGKILLs and $kills SIGSTOPs of datanode3"
+    measure_detection "$mode" "$dir"
+  fi
+  stop_all
+  # The data files are counted; at millions of lines they are not worth keeping.
+  [ -n "${BENCH_KEEP_DATA:-}" ] || rm -f "$dir"/datanode*/messages.jsonl "$dir"/headnode/registro.log
+done
+
+log "writing BENCHMARKS.md and docs/bench.svg"
+python3 "$chart" report --results "$results" --commands "$commands" --out-dir "$out" \
+  --markdown BENCHMARKS.md --svg docs/bench.svg \
+  --settings "duration=${duration}s rounds=$rounds concurrency=$concurrency connections=$connections size=$size RUST_LOG=$RUST_LOG"
+log "done: BENCHMARKS.md, docs/bench.svg; raw results in $out/"
