@@ -1,13 +1,10 @@
 //! `datanode`: stores messages durably; see `datanode --help`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use registro::config::parse_duration;
-use registro::datanode::{self, DEFAULT_DEDUPE_CAPACITY, data_file::Fsync};
-use registro::server::DEFAULT_MAX_MESSAGE_BYTES;
+use registro::datanode::{self, data_file::Fsync};
 
 /// A registro datanode: appends every message to `<data-dir>/messages.jsonl`, synced before it
 /// replies, and serves registro.v1.Store, the gRPC health protocol and reflection.
@@ -32,15 +29,8 @@ struct Args {
     /// always: reply only after the record is synced to disk (group commit); never: faster, and a machine crash can lose replies already sent.
     #[arg(long, env = "REGISTRO_FSYNC", value_enum, default_value = "always")]
     fsync: Fsync,
-    /// Longest message accepted, in bytes.
-    #[arg(long, env = "REGISTRO_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
-    max_message_bytes: usize,
-    /// How many recent request ids are remembered for idempotency.
-    #[arg(long, env = "REGISTRO_DEDUPE_CAPACITY", default_value_t = DEFAULT_DEDUPE_CAPACITY)]
-    dedupe_capacity: usize,
-    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
-    #[arg(long, env = "REGISTRO_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
-    shutdown_grace: Duration,
+    #[command(flatten)]
+    common: registro::server::CommonArgs,
 }
 
 #[tokio::main]
@@ -59,9 +49,9 @@ async fn main() -> anyhow::Result<()> {
         fsync: args.fsync,
         headnode: args.headnode,
         advertise: args.advertise,
-        max_message_bytes: args.max_message_bytes,
-        dedupe_capacity: args.dedupe_capacity,
-        shutdown_grace: args.shutdown_grace,
+        max_message_bytes: args.common.max_message_bytes,
+        dedupe_capacity: args.common.dedupe_capacity,
+        shutdown_grace: args.common.shutdown_grace,
     };
     let grace = config.shutdown_grace;
     registro::server::run_until_signal(

@@ -18,10 +18,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tonic::transport::Server;
 
-use crate::pb::store_server::StoreServer;
-use crate::server::{self, Health, MAX_GRPC_MESSAGE_BYTES};
+use crate::server::{self, Health};
 use data_file::{DataFile, Fsync};
 
 /// Everything a datanode needs to run (the `datanode` flags).
@@ -61,8 +59,7 @@ impl Config {
     }
 }
 
-/// Default number of request ids remembered for idempotency (about 10 MB at most).
-pub const DEFAULT_DEDUPE_CAPACITY: usize = 100_000;
+pub use crate::server::DEFAULT_DEDUPE_CAPACITY;
 
 /// Why a datanode stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -110,16 +107,7 @@ pub async fn serve(
 
     let (health, health_service) = Health::new(&[crate::STORE_SERVICE]).await;
     let store = store::StoreService::new(&config, file.clone(), &loaded);
-    let (reflection_v1, reflection_v1alpha) = server::reflection()?;
-    let router = Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            StoreServer::new(store)
-                .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
-        );
+    let router = server::router(health_service, store)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();

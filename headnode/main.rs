@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use registro::config::parse_duration;
-use registro::datanode::DEFAULT_DEDUPE_CAPACITY;
 use registro::headnode::{self, DEFAULT_DATANODE_CONNECTIONS};
-use registro::server::DEFAULT_MAX_MESSAGE_BYTES;
 
 /// The registro headnode: forwards each Store to a random healthy datanode, probes every datanode
 /// with the gRPC health protocol, and writes the registro and heartbeat logs.
@@ -38,15 +36,8 @@ struct Args {
     /// HTTP/2 connections opened to each datanode for forwards (probes use one more).
     #[arg(long, env = "REGISTRO_DATANODE_CONNECTIONS", default_value_t = DEFAULT_DATANODE_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     datanode_connections: usize,
-    /// Longest message accepted, in bytes.
-    #[arg(long, env = "REGISTRO_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
-    max_message_bytes: usize,
-    /// How many recent request ids are remembered for idempotency.
-    #[arg(long, env = "REGISTRO_DEDUPE_CAPACITY", default_value_t = DEFAULT_DEDUPE_CAPACITY)]
-    dedupe_capacity: usize,
-    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
-    #[arg(long, env = "REGISTRO_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration)]
-    shutdown_grace: Duration,
+    #[command(flatten)]
+    common: registro::server::CommonArgs,
 }
 
 #[tokio::main]
@@ -66,9 +57,9 @@ async fn main() -> anyhow::Result<()> {
         registro_log: args.registro_log,
         forward_timeout: args.forward_timeout,
         datanode_connections: args.datanode_connections,
-        max_message_bytes: args.max_message_bytes,
-        dedupe_capacity: args.dedupe_capacity,
-        shutdown_grace: args.shutdown_grace,
+        max_message_bytes: args.common.max_message_bytes,
+        dedupe_capacity: args.common.dedupe_capacity,
+        shutdown_grace: args.common.shutdown_grace,
     };
     let grace = config.shutdown_grace;
     registro::server::run_until_signal(

@@ -20,12 +20,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tonic::transport::Server;
 
 use crate::logfile::LogFile;
 use crate::pb::heartbeat_server::HeartbeatServer;
-use crate::pb::store_server::StoreServer;
-use crate::server::{self, Health, MAX_GRPC_MESSAGE_BYTES};
+use crate::server::{self, Health};
 use pool::Pool;
 
 /// Everything a headnode needs to run (the `headnode` flags).
@@ -59,7 +57,7 @@ impl Default for Config {
             forward_timeout: Duration::from_millis(500),
             datanode_connections: DEFAULT_DATANODE_CONNECTIONS,
             max_message_bytes: server::DEFAULT_MAX_MESSAGE_BYTES,
-            dedupe_capacity: crate::datanode::DEFAULT_DEDUPE_CAPACITY,
+            dedupe_capacity: server::DEFAULT_DEDUPE_CAPACITY,
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -135,17 +133,8 @@ pub async fn serve(
         config.heartbeat_interval,
         config.heartbeat_timeout,
     );
-    let (reflection_v1, reflection_v1alpha) = server::reflection()?;
-    let router = Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            StoreServer::new(store)
-                .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
-        )
-        .add_service(HeartbeatServer::new(heartbeat));
+    let router =
+        server::router(health_service, store)?.add_service(HeartbeatServer::new(heartbeat));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();

@@ -104,6 +104,47 @@ pub fn reflection() -> Result<
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
 
+/// The router every registro server starts from: the health service, reflection (v1 and
+/// v1alpha) and `registro.v1.Store` with the transport's message limits. The headnode adds
+/// Heartbeat to it.
+pub fn router<S>(
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    store: S,
+) -> Result<Router, tonic_reflection::server::Error>
+where
+    S: pb::store_server::Store,
+{
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
+    Ok(tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            pb::store_server::StoreServer::new(store)
+                .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
+        ))
+}
+
+/// The flags every registro server shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Longest message accepted, in bytes.
+    #[arg(long, env = "REGISTRO_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
+    pub max_message_bytes: usize,
+    /// How many recent request ids are remembered for idempotency.
+    #[arg(long, env = "REGISTRO_DEDUPE_CAPACITY", default_value_t = DEFAULT_DEDUPE_CAPACITY)]
+    pub dedupe_capacity: usize,
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, env = "REGISTRO_SHUTDOWN_GRACE", default_value = "5s", value_parser = crate::config::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Default number of request ids remembered for idempotency (roughly 300 bytes each).
+pub const DEFAULT_DEDUPE_CAPACITY: usize = 100_000;
+
 /// Serves `router` on `listener` until `shutdown` resolves, then runs the shutdown sequence
 /// (see the module docs) with `grace` for in-flight requests.
 pub async fn serve(

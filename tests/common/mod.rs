@@ -80,22 +80,35 @@ async fn listen(addr: &str) -> (TcpListener, SocketAddr) {
     (listener, addr)
 }
 
-/// Starts a datanode on `addr` (`127.0.0.1:0` for any free port).
-pub async fn datanode_on(addr: &str, config: datanode::Config) -> Node {
+/// Starts a node on `addr` (`127.0.0.1:0` for any free port): `serve` gets the listener and the
+/// future that resolves when the node is told to stop.
+async fn start<F, E>(
+    addr: &str,
+    serve: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F,
+) -> Node
+where
+    F: Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Display,
+{
     let (listener, addr) = listen(addr).await;
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        datanode::serve(listener, config, async {
-            let _ = stopped.await;
-        })
-        .await
-        .map_err(|e| e.to_string())
-    });
+    let server = serve(listener, stopped);
+    let task = tokio::spawn(async move { server.await.map_err(|e| e.to_string()) });
     Node {
         addr,
         stop: Some(stop),
         task: Some(task),
     }
+}
+
+/// Starts a datanode on `addr` (`127.0.0.1:0` for any free port).
+pub async fn datanode_on(addr: &str, config: datanode::Config) -> Node {
+    start(addr, |listener, stopped| {
+        datanode::serve(listener, config, async {
+            let _ = stopped.await;
+        })
+    })
+    .await
 }
 
 /// A datanode called `name` keeping its file in `dir/name`.
@@ -122,20 +135,12 @@ pub async fn headnode(config: headnode::Config) -> Node {
 
 /// Starts a headnode on `addr`.
 pub async fn headnode_on(addr: &str, config: headnode::Config) -> Node {
-    let (listener, addr) = listen(addr).await;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
+    start(addr, |listener, stopped| {
         headnode::serve(listener, config, async {
             let _ = stopped.await;
         })
-        .await
-        .map_err(|e| e.to_string())
-    });
-    Node {
-        addr,
-        stop: Some(stop),
-        task: Some(task),
-    }
+    })
+    .await
 }
 
 /// A headnode and `n` datanodes (`datanode1`…) given to it with `--datanodes`, all SERVING.
