@@ -1,7 +1,7 @@
 //! The datanode: stores messages durably in its data file and serves them back.
 //!
-//! It serves `registro.v1.Store` (to the headnode, or to a client directly), the health protocol
-//! and reflection. With a headnode address it registers itself and keeps re-announcing, so a
+//! It serves `registro.v1.Store` (to a client directly), `registro.v1.Datanode` (batches from the
+//! headnode), the health protocol and reflection. With a headnode address it registers itself and keeps re-announcing, so a
 //! restarted headnode learns about it again without anyone restarting the datanode.
 //!
 //! - [`data_file`]: the file format, group commit, crash recovery.
@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::pb;
 use crate::server::{self, Health};
 use data_file::{DataFile, Fsync};
 
@@ -105,9 +106,14 @@ pub async fn serve(
         );
     }
 
-    let (health, health_service) = Health::new(&[crate::STORE_SERVICE]).await;
+    let (health, health_service) =
+        Health::new(&[crate::STORE_SERVICE, crate::DATANODE_SERVICE]).await;
     let store = store::StoreService::new(&config, file.clone(), &loaded);
-    let router = server::router(health_service, store)?;
+    let router = server::router(health_service, store.clone())?.add_service(
+        pb::datanode_server::DatanodeServer::new(store)
+            .max_decoding_message_size(server::MAX_GRPC_BATCH_BYTES)
+            .max_encoding_message_size(server::MAX_GRPC_BATCH_BYTES),
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -148,7 +154,8 @@ fn default_advertise(local: SocketAddr) -> String {
 }
 
 /// Mirrors the data file's health into the health protocol: a datanode that cannot write
-/// reports `registro.v1.Store` NOT_SERVING, so the headnode routes elsewhere.
+/// reports `registro.v1.Store` (and `registro.v1.Datanode`) NOT_SERVING, so the headnode routes
+/// elsewhere.
 async fn follow_disk_health(
     mut healthy: tokio::sync::watch::Receiver<bool>,
     health: Health,
@@ -167,6 +174,7 @@ async fn follow_disk_health(
                     tracing::warn!("disk writes failing: Store NOT_SERVING");
                 }
                 health.set(crate::STORE_SERVICE, ok).await;
+                health.set(crate::DATANODE_SERVICE, ok).await;
             }
             _ = stop.changed() => return,
         }

@@ -1,5 +1,6 @@
 //! The datanode's `registro.v1.Store`: validates, deduplicates by request id, appends durably,
-//! and answers with a receipt. `List` streams the data file back.
+//! and answers with a receipt. `List` streams the data file back. `registro.v1.Datanode/StoreBatch`
+//! does the same for many messages at once: the path the headnode forwards through.
 
 use std::sync::Arc;
 
@@ -9,9 +10,13 @@ use tonic::{Request, Response, Status};
 use super::Config;
 use super::data_file::{AppendError, DataFile, Loaded, Record};
 use crate::dedupe::{Dedupe, Outcome};
-use crate::pb::{self, ListRequest, StoreReply, StoreRequest, StoredMessage};
+use crate::pb::{
+    self, ListRequest, StoreBatchReply, StoreBatchRequest, StoreReply, StoreRequest, StoreResult,
+    StoredMessage,
+};
 
-/// The datanode's Store service.
+/// The datanode's Store service (and the Datanode service, its batch form).
+#[derive(Clone)]
 pub struct StoreService {
     name: Arc<str>,
     file: DataFile,
@@ -60,6 +65,140 @@ fn append_status(e: AppendError) -> Status {
     Status::unavailable(e.to_string())
 }
 
+impl StoreService {
+    /// Stores one validated message once per request id. The append runs in a task of its own,
+    /// so a caller that goes away (a forward past its deadline) cannot leave a record stored but
+    /// unknown to the idempotency map.
+    async fn store_one(
+        &self,
+        message: String,
+        request_id: String,
+    ) -> Result<Outcome<StoreReply>, Status> {
+        let (dedupe, file, name) = (self.dedupe.clone(), self.file.clone(), self.name.clone());
+        tokio::spawn(async move { store_once(&dedupe, &file, &name, message, request_id).await })
+            .await
+            .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+    }
+
+    /// Stores a batch: every valid message is appended at once (one group commit covers them
+    /// all), in a task of its own for the same reason as [`Self::store_one`].
+    async fn store_many(&self, requests: Vec<StoreRequest>) -> Vec<Result<StoreReply, Status>> {
+        let mut results: Vec<Option<Result<StoreReply, Status>>> = Vec::new();
+        let mut valid = Vec::new();
+        for (
+            i,
+            StoreRequest {
+                message,
+                request_id,
+            },
+        ) in requests.into_iter().enumerate()
+        {
+            match crate::validate_message(&message, self.max_message_bytes) {
+                Ok(()) => {
+                    results.push(None);
+                    valid.push((i, message, request_id));
+                }
+                Err(status) => results.push(Some(logged(Err(status), ""))),
+            }
+        }
+        let (dedupe, file, name) = (self.dedupe.clone(), self.file.clone(), self.name.clone());
+        let stored = tokio::spawn(async move {
+            let stores = valid.into_iter().map(|(i, message, request_id)| {
+                let (dedupe, file, name) = (&dedupe, &file, &name);
+                async move {
+                    let key = request_id.clone();
+                    let outcome = store_once(dedupe, file, name, message, request_id).await;
+                    (i, key, outcome)
+                }
+            });
+            futures::future::join_all(stores).await
+        })
+        .await;
+        match stored {
+            Ok(stored) => {
+                for (i, key, outcome) in stored {
+                    results[i] = Some(logged(outcome, &key));
+                }
+            }
+            Err(e) => {
+                let status = Status::internal(format!("store task failed: {e}"));
+                for slot in results.iter_mut().filter(|r| r.is_none()) {
+                    *slot = Some(Err(status.clone()));
+                }
+            }
+        }
+        results.into_iter().flatten().collect()
+    }
+}
+
+/// Appends `message` unless its request id was seen already.
+async fn store_once(
+    dedupe: &Dedupe<StoreReply>,
+    file: &DataFile,
+    name: &str,
+    message: String,
+    request_id: String,
+) -> Result<Outcome<StoreReply>, Status> {
+    dedupe
+        .run(&request_id.clone(), || async {
+            let record = file
+                .append(message, request_id)
+                .await
+                .map_err(append_status)?;
+            Ok::<_, Status>(reply(name, &record))
+        })
+        .await
+}
+
+/// Logs what a Store did (each side of the message path logs every message) and returns the
+/// reply.
+fn logged(
+    outcome: Result<Outcome<StoreReply>, Status>,
+    request_id: &str,
+) -> Result<StoreReply, Status> {
+    match outcome {
+        Ok(Outcome::Fresh(reply)) => {
+            tracing::info!(id = %reply.id, receipt = %reply.receipt, "stored");
+            Ok(reply)
+        }
+        Ok(Outcome::Repeat(reply)) => {
+            tracing::info!(id = %reply.id, request_id = %request_id, "repeated request id: first reply returned, nothing stored");
+            Ok(reply)
+        }
+        Err(status) => {
+            tracing::warn!(code = ?status.code(), error = %status.message(), "store failed");
+            Err(status)
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::datanode_server::Datanode for StoreService {
+    async fn store_batch(
+        &self,
+        request: Request<StoreBatchRequest>,
+    ) -> Result<Response<StoreBatchReply>, Status> {
+        let results = self
+            .store_many(request.into_inner().requests)
+            .await
+            .into_iter()
+            .map(|result| match result {
+                Ok(reply) => StoreResult {
+                    reply: Some(reply),
+                    code: 0,
+                    error: String::new(),
+                },
+                Err(status) => StoreResult {
+                    reply: None,
+                    code: status.code() as i32,
+                    error: status.message().to_string(),
+                },
+            })
+            .collect();
+        Ok(Response::new(StoreBatchReply { results }))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::store_server::Store for StoreService {
     async fn store(&self, request: Request<StoreRequest>) -> Result<Response<StoreReply>, Status> {
@@ -68,37 +207,8 @@ impl pb::store_server::Store for StoreService {
             request_id,
         } = request.into_inner();
         crate::validate_message(&message, self.max_message_bytes)?;
-        let key = request_id.clone();
-        let (dedupe, file, name) = (self.dedupe.clone(), self.file.clone(), self.name.clone());
-        // The append runs in a task of its own, so a caller that goes away (a forward past its
-        // deadline) cannot leave a record stored but unknown to the idempotency map.
-        let outcome = tokio::spawn(async move {
-            dedupe
-                .run(&request_id.clone(), || async {
-                    let record = file
-                        .append(message, request_id)
-                        .await
-                        .map_err(append_status)?;
-                    Ok::<_, Status>(reply(&name, &record))
-                })
-                .await
-        })
-        .await
-        .map_err(|e| Status::internal(format!("store task failed: {e}")))?;
-        match outcome {
-            Ok(Outcome::Fresh(reply)) => {
-                tracing::info!(id = %reply.id, receipt = %reply.receipt, "stored");
-                Ok(Response::new(reply))
-            }
-            Ok(Outcome::Repeat(reply)) => {
-                tracing::info!(id = %reply.id, request_id = %key, "repeated request id: first reply returned, nothing stored");
-                Ok(Response::new(reply))
-            }
-            Err(status) => {
-                tracing::warn!(error = %status.message(), "store failed");
-                Err(status)
-            }
-        }
+        let outcome = self.store_one(message, request_id.clone()).await;
+        logged(outcome, &request_id).map(Response::new)
     }
 
     type ListStream = ReceiverStream<Result<StoredMessage, Status>>;

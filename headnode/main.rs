@@ -33,7 +33,8 @@ struct Args {
     /// How long one forward to a datanode may take before another datanode is tried.
     #[arg(long, env = "REGISTRO_FORWARD_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
     forward_timeout: Duration,
-    /// HTTP/2 connections opened to each datanode for forwards (probes use one more).
+    /// HTTP/2 connections opened to each datanode for forwards, each carrying one batch of
+    /// Stores at a time (probes use one more).
     #[arg(long, env = "REGISTRO_DATANODE_CONNECTIONS", default_value_t = DEFAULT_DATANODE_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     datanode_connections: usize,
     #[command(flatten)]

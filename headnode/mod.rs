@@ -7,8 +7,10 @@
 //! - [`pool`]: the datanodes, their observed health, the routing choice.
 //! - [`probe`]: the periodic health checks and the heartbeat log.
 //! - [`store`]: forwarding with failover, idempotency, the registro log, List merging.
+//! - [`batch`]: the Stores bound for one datanode, sent together.
 //! - [`heartbeat`]: Register and Status.
 
+pub mod batch;
 pub mod heartbeat;
 pub mod pool;
 pub mod probe;
@@ -63,9 +65,9 @@ impl Default for Config {
     }
 }
 
-/// Default forward connections per datanode. On a 2-core machine one connection wins: more of
-/// them mean fewer streams per write and more syscalls per Store (BENCHMARKS.md); on a larger
-/// machine a few let the datanode connections run on several cores.
+/// Default forward connections per datanode, each carrying one batch call at a time. On a
+/// 2-core machine one wins: more calls in flight mean smaller batches and more CPU per Store
+/// (BENCHMARKS.md); on a larger machine a few let a datanode's work spread over several cores.
 pub const DEFAULT_DATANODE_CONNECTIONS: usize = 1;
 
 /// Why a headnode stopped with an error.
@@ -103,6 +105,7 @@ pub async fn serve(
     let pool = Arc::new(Pool::new(
         config.heartbeat_timeout,
         config.datanode_connections,
+        config.forward_timeout,
     ));
     for address in &config.datanodes {
         pool.add_static(address).map_err(Error::Datanode)?;

@@ -12,7 +12,11 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
+use tonic::Status;
+
+use super::batch::Batcher;
 use crate::pb::store_client::StoreClient;
+use crate::pb::{StoreReply, StoreRequest};
 
 /// How a datanode looked the last time anyone checked: the words of the heartbeat log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,11 +73,13 @@ pub struct Datanode {
     pub address: String,
     /// True when it announced itself; false when it came from `--datanodes`.
     pub registered: bool,
-    /// HTTP/2 connections for forwards, used in turn: one tonic `Channel` sends every call
-    /// through a single buffer task, which caps a busy datanode's throughput.
+    /// HTTP/2 connections for forwards and List, used in turn: one tonic `Channel` sends every
+    /// call through a single buffer task.
     forward_channels: Vec<Channel>,
     /// The next forward connection to use.
     next_forward: AtomicUsize,
+    /// Stores bound here, sent in batches over the forward connections.
+    batcher: Batcher,
     /// A connection of its own for health probes and the Watch stream, so a probe never queues
     /// behind forwards.
     health_channel: Channel,
@@ -89,16 +95,18 @@ impl Datanode {
         registered: bool,
         connect_timeout: Duration,
         connections: usize,
+        forward_timeout: Duration,
     ) -> Result<Self, String> {
         crate::config::check_host_port(&address)?;
         let channel =
             || crate::config::lazy_channel(&address, connect_timeout).map_err(|e| e.to_string());
-        let forward_channels = (0..connections.max(1))
+        let forward_channels: Vec<Channel> = (0..connections.max(1))
             .map(|_| channel())
             .collect::<Result<_, _>>()?;
         let health_channel = channel()?;
         Ok(Self {
             name,
+            batcher: Batcher::new(forward_channels.clone(), forward_timeout),
             forward_channels,
             next_forward: AtomicUsize::new(0),
             health_channel,
@@ -112,6 +120,11 @@ impl Datanode {
             }),
             routed: AtomicU64::new(0),
         })
+    }
+
+    /// Stores one message on this datanode, in the next batch sent to it.
+    pub async fn store(&self, request: StoreRequest) -> Result<StoreReply, Status> {
+        self.batcher.store(request).await
     }
 
     /// A Store client on the next of this datanode's forward connections.
@@ -172,18 +185,22 @@ pub struct Pool {
     connect_timeout: Duration,
     /// Forward connections per datanode.
     connections: usize,
+    /// Deadline of one forward call.
+    forward_timeout: Duration,
     /// How many members are SERVING; the headnode's readiness follows it.
     serving: watch::Sender<usize>,
 }
 
 impl Pool {
     /// An empty pool that opens `connections` forward connections to each datanode (plus one
-    /// for probes); connecting gives up after `connect_timeout`.
-    pub fn new(connect_timeout: Duration, connections: usize) -> Self {
+    /// for probes); connecting gives up after `connect_timeout`, a forward call after
+    /// `forward_timeout`.
+    pub fn new(connect_timeout: Duration, connections: usize, forward_timeout: Duration) -> Self {
         Self {
             members: RwLock::new(BTreeMap::new()),
             connect_timeout,
             connections,
+            forward_timeout,
             serving: watch::Sender::new(0),
         }
     }
@@ -198,6 +215,7 @@ impl Pool {
             false,
             self.connect_timeout,
             self.connections,
+            self.forward_timeout,
         )?;
         self.write().insert(name, Arc::new(node));
         Ok(())
@@ -221,6 +239,7 @@ impl Pool {
             true,
             self.connect_timeout,
             self.connections,
+            self.forward_timeout,
         )?);
         let outcome = match members.insert(name.to_string(), node.clone()) {
             Some(old) => Registration::Moved {
@@ -339,7 +358,7 @@ mod tests {
     use super::*;
 
     fn pool() -> Pool {
-        Pool::new(Duration::from_millis(100), 2)
+        Pool::new(Duration::from_millis(100), 2, Duration::from_millis(500))
     }
 
     #[tokio::test]

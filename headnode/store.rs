@@ -95,15 +95,11 @@ impl Forwarder {
             };
             // The deadline is enforced here, not sent along: a datanode that got the request
             // finishes it (and remembers its request id) even after we have moved on.
-            let error = match tokio::time::timeout(
-                self.forward_timeout,
-                node.store_client().store(request),
-            )
-            .await
+            let error = match tokio::time::timeout(self.forward_timeout, node.store(request)).await
             {
                 Ok(Ok(reply)) => {
                     node.count_routed();
-                    return Ok((reply.into_inner(), node));
+                    return Ok((reply, node));
                 }
                 Ok(Err(status)) if !is_retryable(status.code()) => return Err(status),
                 Ok(Err(status)) => describe(&status),

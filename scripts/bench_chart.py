@@ -161,7 +161,11 @@ COMPONENTS = [
     ("LogFile::line: queueing a line, waking the writer", lambda comm, st: "LogFile::line" in st),
     ("runtime idle (park, epoll_wait)", lambda comm, st: "worker::Context::park" in st),
     (
-        "forward: tonic client call in StoreService (encode, Channel/Buffer, decode)",
+        "batch calls to the datanodes (queue, StoreBatch encode/decode, Channel/Buffer)",
+        lambda comm, st: "registro::headnode::batch" in st,
+    ),
+    (
+        "forward: failover loop, dedupe, registro log line in StoreService",
         lambda comm, st: "registro::headnode::store" in st,
     ),
     (

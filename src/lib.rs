@@ -43,6 +43,8 @@ pub mod pb {
 pub const STORE_SERVICE: &str = "registro.v1.Store";
 /// The gRPC name of the Heartbeat service.
 pub const HEARTBEAT_SERVICE: &str = "registro.v1.Heartbeat";
+/// The gRPC name of the Datanode service (batched Stores from the headnode).
+pub const DATANODE_SERVICE: &str = "registro.v1.Datanode";
 
 /// A short, single-line rendering of a message for receipts and log lines meant for people:
 /// control characters are escaped so a line never breaks, and long messages are cut.

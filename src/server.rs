@@ -21,6 +21,11 @@ use crate::pb;
 /// answers OUT_OF_RANGE before our code sees the request.
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// The largest `StoreBatch` call between the headnode and a datanode: room for a batch that
+/// holds one message at the transport limit (the headnode keeps batches under
+/// [`MAX_GRPC_MESSAGE_BYTES`] otherwise).
+pub const MAX_GRPC_BATCH_BYTES: usize = 2 * MAX_GRPC_MESSAGE_BYTES;
+
 /// The default for `--max-message-bytes`: the longest message text a Store accepts.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 

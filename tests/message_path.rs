@@ -278,3 +278,70 @@ async fn a_store_cut_off_by_the_client_is_remembered_for_its_retry() {
         assert_eq!(copies, 1, "cut-{i} stored {copies} times");
     }
 }
+
+/// `Datanode/StoreBatch`, the headnode's path: one call stores many messages, answers each in
+/// order with its own outcome (a bad one fails alone, a repeated request id gets the first
+/// reply), and stores exactly the good ones, each once.
+#[tokio::test]
+async fn a_batch_answers_each_message_on_its_own() {
+    use registro::pb::datanode_client::DatanodeClient;
+    use registro::pb::{StoreBatchRequest, StoreRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = datanode_on("127.0.0.1:0", datanode_config(dir.path(), "d")).await;
+    let first = store(&node.url(), "already here", "k-1").await.unwrap();
+    let request = |message: &str, request_id: &str| StoreRequest {
+        message: message.into(),
+        request_id: request_id.into(),
+    };
+    let mut client = DatanodeClient::connect(node.url()).await.unwrap();
+    let batch = StoreBatchRequest {
+        requests: vec![
+            request("uno", ""),
+            request("", ""),
+            request("already here", "k-1"),
+            request("dos\n\"tres\" 🎉", "k-2"),
+            request(&"x".repeat(64 * 1024 + 1), ""),
+            request("dos\n\"tres\" 🎉", "k-2"),
+        ],
+    };
+    let results = client
+        .store_batch(batch)
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let codes: Vec<Code> = results.iter().map(|r| Code::from_i32(r.code)).collect();
+    assert_eq!(
+        codes,
+        [
+            Code::Ok,
+            Code::InvalidArgument,
+            Code::Ok,
+            Code::Ok,
+            Code::InvalidArgument,
+            Code::Ok
+        ]
+    );
+    assert!(results[1].reply.is_none() && results[1].error.contains("empty"));
+    assert_eq!(
+        results[2].reply.as_ref(),
+        Some(&first),
+        "a repeat gets the first reply"
+    );
+    assert_eq!(
+        results[3].reply, results[5].reply,
+        "a repeat inside one batch stores once"
+    );
+    let reply = results[0].reply.as_ref().unwrap();
+    assert_eq!(reply.datanode, "d");
+    assert_eq!(reply.receipt, "Message 'uno' stored on d.");
+
+    let records = records_in(&dir.path().join("d"));
+    let messages: Vec<&str> = records.iter().map(|r| r.message.as_str()).collect();
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    assert!(messages.contains(&"uno") && messages.contains(&"dos\n\"tres\" 🎉"));
+    let ids: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    assert!(ids.contains(reply.id.as_str()));
+    assert!(ids.contains(results[3].reply.as_ref().unwrap().id.as_str()));
+}
