@@ -36,6 +36,8 @@ const MAX_BATCH: usize = 1024;
 
 /// How often an unhealthy writer tries a probe write to see whether the disk took writes again.
 const RECOVERY_PROBE_INTERVAL: Duration = Duration::from_millis(500);
+/// The longest the writer waits for a [`Hold`] to be released before writing what it has.
+pub const HOLD_WAIT: Duration = Duration::from_millis(20);
 
 /// One stored message: a line of the data file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +105,23 @@ struct Append {
 enum Command {
     Append(Append),
     Sync(oneshot::Sender<io::Result<()>>),
+    /// More appends follow at once (see [`DataFile::hold`]).
+    Hold,
+    /// The end of a [`Command::Hold`].
+    Release,
+}
+
+/// While one exists, the writer does not start a write without the appends its holder is about
+/// to send: see [`DataFile::hold`]. Dropping it releases the writer.
+pub struct Hold {
+    tx: std_mpsc::Sender<Command>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        // A closed channel means the writer is gone: nothing left to release.
+        let _ = self.tx.send(Command::Release);
+    }
 }
 
 /// The handle the Store service uses: appends go to the writer thread; reads see every durable
@@ -170,6 +189,7 @@ impl DataFile {
             healthy: healthy_tx,
             last_stamp: last_stamp_of(&path, good_len),
             buf: Vec::new(),
+            holds: 0,
         };
         std::thread::Builder::new()
             .name("data file writer".into())
@@ -203,6 +223,17 @@ impl DataFile {
             }))
             .map_err(|_| AppendError::Closed)?;
         rx.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Tells the writer that several appends are about to come from one caller (a batch), so it
+    /// puts them in one write and one sync rather than starting on the first alone. The caller
+    /// sends its appends, then drops the [`Hold`]; the writer waits at most [`HOLD_WAIT`] for it.
+    pub fn hold(&self) -> Hold {
+        // A closed channel shows up in the appends that follow.
+        let _ = self.tx.send(Command::Hold);
+        Hold {
+            tx: self.tx.clone(),
+        }
     }
 
     /// Waits until everything written so far is synced (used at shutdown with `--fsync never`).
@@ -335,6 +366,8 @@ struct Writer {
     last_stamp: Option<DateTime<Utc>>,
     /// Reused batch buffer.
     buf: Vec<u8>,
+    /// Callers between [`DataFile::hold`] and the drop of their [`Hold`].
+    holds: usize,
 }
 
 impl Writer {
@@ -358,15 +391,28 @@ impl Writer {
             let mut batch = Vec::new();
             let mut syncs = Vec::new();
             let mut next = Some(first);
-            while let Some(command) = next {
-                match command {
-                    Command::Append(a) => batch.push(a),
-                    Command::Sync(done) => syncs.push(done),
+            loop {
+                while let Some(command) = next.take() {
+                    match command {
+                        Command::Append(a) => batch.push(a),
+                        Command::Sync(done) => syncs.push(done),
+                        Command::Hold => self.holds += 1,
+                        Command::Release => self.holds = self.holds.saturating_sub(1),
+                    }
+                    if batch.len() >= MAX_BATCH {
+                        break;
+                    }
+                    next = rx.try_recv().ok();
                 }
-                if batch.len() >= MAX_BATCH {
+                // A holder is still handing over its appends (microseconds): wait for them
+                // rather than syncing twice.
+                if self.holds == 0 || batch.len() >= MAX_BATCH {
                     break;
                 }
-                next = rx.try_recv().ok();
+                match rx.recv_timeout(HOLD_WAIT) {
+                    Ok(command) => next = Some(command),
+                    Err(_) => break,
+                }
             }
             if !batch.is_empty() {
                 self.write_batch(batch);
@@ -498,6 +544,36 @@ mod tests {
         assert_eq!(loaded.count, 2);
         assert_eq!(loaded.recent_with_request_id, vec![a.clone()]);
         assert_eq!(read_all(&again)[0].message, odd);
+    }
+
+    #[tokio::test]
+    async fn appends_under_one_hold_share_one_write_and_a_lost_hold_only_delays() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, _) = open(dir.path());
+        // As the Datanode service hands over a batch: every append in one poll, then release.
+        let mut hold = Some(file.hold());
+        let appends = (0..50).map(|i| file.append(format!("m{i}"), String::new()));
+        let mut all = std::pin::pin!(futures::future::join_all(appends));
+        let records = std::future::poll_fn(|cx| {
+            let polled = all.as_mut().poll(cx);
+            hold.take();
+            polled
+        })
+        .await;
+        // One write stamps every record in it with the same time.
+        let stamps: std::collections::HashSet<String> =
+            records.into_iter().map(|r| r.unwrap().stored_at).collect();
+        assert_eq!(stamps.len(), 1, "{stamps:?}");
+
+        // A hold that is never released holds each write back by HOLD_WAIT, no more.
+        std::mem::forget(file.hold());
+        let late = tokio::time::timeout(
+            Duration::from_secs(5),
+            file.append("still written".into(), String::new()),
+        )
+        .await;
+        assert!(late.unwrap().is_ok());
+        assert_eq!(read_all(&file).len(), 51);
     }
 
     #[tokio::test]

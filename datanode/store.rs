@@ -111,7 +111,16 @@ impl StoreService {
                     (i, key, outcome)
                 }
             });
-            futures::future::join_all(stores).await
+            // Every append of the batch is handed over in the first poll; the hold makes the
+            // writer wait for all of them, so the batch costs one write and one sync.
+            let mut hold = Some(file.hold());
+            let mut all = std::pin::pin!(futures::future::join_all(stores));
+            std::future::poll_fn(|cx| {
+                let polled = all.as_mut().poll(cx);
+                hold.take();
+                polled
+            })
+            .await
         })
         .await;
         match stored {
