@@ -6,7 +6,8 @@
 # each driven by `client bench` and by h2load, for datanodes with --fsync always and --fsync never.
 # Rounds interleave the scenarios so machine noise hits all of them; the report takes medians.
 # Also measures how long the headnode takes to log a killed or hung datanode as UNREACHABLE, samples
-# the headnode's resident memory under load, and (when perf can sample) profiles the headnode.
+# the headnode's resident memory and every server's CPU time per message under load, and (when perf
+# can sample) profiles the headnode.
 # Writes BENCHMARKS.md and docs/bench.svg; raw results and every process's log go to bench-out/.
 #
 # Settings (environment):
@@ -227,11 +228,29 @@ note_command() { # key command...
   note_raw "$key" "${line# }"
 }
 
+# CPU time (user + system, in clock ticks) the given processes have used so far, all threads.
+cpu_ticks() { # pid...
+  local sum=0 pid fields
+  for pid in "$@"; do
+    read -r -a fields <"/proc/$pid/stat" 2>/dev/null || continue
+    sum=$((sum + fields[13] + fields[14]))
+  done
+  echo "$sum"
+}
+
+# The servers' CPU so far, as "headnode datanodes nginx" in clock ticks.
+server_ticks() {
+  local nginx_pids=()
+  [ -n "${pids[nginx]:-}" ] && mapfile -t nginx_pids < <(pgrep -P "${pids[nginx]}"; echo "${pids[nginx]}")
+  echo "$(cpu_ticks "${pids[headnode]}") $(cpu_ticks "${pids[datanode1]}" "${pids[datanode2]}" "${pids[datanode3]}") $(cpu_ticks "${nginx_pids[@]}")"
+}
+
 measure() { # mode dir round scenario generator
   local mode=$1 dir=$2 round=$3 scenario=$4 generator=$5
   local port=${scenario_port[$scenario]} tag="$mode-r$round-$scenario-$generator"
-  local before after rss_file="" rss_pid="" summary cmd
+  local before after rss_file="" rss_pid="" summary cmd ticks_before ticks_after
   before=$(settled_lines "$dir")
+  ticks_before=$(server_ticks)
   if [ "$scenario" = b ]; then
     rss_file=$out/raw/$tag.rss
     : >"$rss_file"
@@ -258,10 +277,17 @@ measure() { # mode dir round scenario generator
   esac
   if [ -n "$rss_pid" ]; then kill "$rss_pid" 2>/dev/null || true; wait "$rss_pid" 2>/dev/null || true; fi
   after=$(settled_lines "$dir")
-  python3 - "$summary" "$mode" "$round" "$scenario" "$generator" "$((after - before))" "$rss_file" >>"$results" <<'EOF'
+  ticks_after=$(server_ticks)
+  python3 - "$summary" "$mode" "$round" "$scenario" "$generator" "$((after - before))" "$rss_file" \
+    "$ticks_before" "$ticks_after" "$(getconf CLK_TCK)" >>"$results" <<'EOF'
 import json, sys
-summary, mode, rnd, scenario, generator, stored, rss_file = sys.argv[1:]
+summary, mode, rnd, scenario, generator, stored, rss_file, t0, t1, hz = sys.argv[1:]
 r = json.loads(summary)
+# CPU microseconds per stored message of each server role, over the whole measurement.
+cpu = {
+    role: (b - a) * 1e6 / int(hz) / max(int(stored), 1)
+    for role, a, b in zip(("headnode", "datanodes", "nginx"), map(int, t0.split()), map(int, t1.split()))
+}
 lat = r.get("latency_us", {})
 rss = [int(x) for x in open(rss_file).read().split()] if rss_file else []
 print(json.dumps({
@@ -270,6 +296,7 @@ print(json.dumps({
     "errors_by_code": r.get("errors_by_code", {}), "p50_us": lat.get("p50", 0),
     "p90_us": lat.get("p90", 0), "p99_us": lat.get("p99", 0), "max_us": lat.get("max", 0),
     "elapsed_s": r.get("elapsed_s", 0), "rss_max_kb": max(rss) if rss else None,
+    "cpu_us_per_message": cpu,
 }))
 EOF
   log "$(tail -n 1 "$results" | python3 "$chart" line)"

@@ -267,6 +267,11 @@ def summarise(records):
             "errors": sum(errors_of(r) for r in rs),
             "codes": dict(codes),
             "rss_max_kb": max(rss) if rss else None,
+            "cpu_us": {
+                role: statistics.median(r["cpu_us_per_message"][role] for r in rs)
+                for role in ("headnode", "datanodes", "nginx")
+                if all("cpu_us_per_message" in r for r in rs)
+            },
         }
     return table
 
@@ -384,6 +389,32 @@ def markdown(table, detections, commands, settings, out_dir, machine_info):
                 f"{always['p99_ms']:.2f} vs {never['p99_ms']:.2f} ms"
             )
     md.append("")
+
+    cpu_rows = [
+        (mode, s, g, table[(mode, s, g)]["cpu_us"])
+        for mode in modes
+        for s in "abc"
+        for g in GENERATORS
+        if table.get((mode, s, g), {}).get("cpu_us")
+    ]
+    if cpu_rows:
+        md += [
+            "## CPU per message",
+            "",
+            "CPU time (user + system, every thread, from /proc/PID/stat) each server used during a "
+            "measurement, divided by the messages stored in it: the cost of one Store, in µs "
+            "(medians over the rounds). The generator's own CPU is not counted.",
+            "",
+            "| fsync | scenario | generator | headnode | nginx | datanodes | servers in all |",
+            "|---|---|---|---:|---:|---:|---:|",
+        ]
+        for mode, s, g, cpu in cpu_rows:
+            head, dn, ngx = cpu["headnode"], cpu["datanodes"], cpu["nginx"]
+            md.append(
+                f"| {mode} | {SCENARIOS[s]} | {GENERATORS[g]} | "
+                f"{head:.1f} | {ngx:.1f} | {dn:.1f} | **{head + dn + ngx:.1f}** |"
+            )
+        md.append("")
 
     rss = [(m, v["rss_max_kb"]) for (m, s, g), v in table.items() if s == "b" and v["rss_max_kb"]]
     if rss:

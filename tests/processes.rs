@@ -243,8 +243,23 @@ fn grpcurl_lists_describes_and_calls_every_service() {
     assert!(health.contains("\"SERVING\""), "{health}");
     let listed = grpcurl(&[addr, "registro.v1.Store/List"]);
     assert!(listed.contains("\"Hola\""), "{listed}");
-    // The datanode serves reflection too.
-    assert!(grpcurl(&[&data.addr, "list"]).contains("registro.v1.Store"));
+    // The datanode serves reflection too, and the batch call the headnode forwards through, as
+    // the README shows it.
+    let data_services = grpcurl(&[&data.addr, "list"]);
+    assert!(data_services.lines().any(|l| l == "registro.v1.Store"));
+    assert!(data_services.lines().any(|l| l == "registro.v1.Datanode"));
+    let batch: serde_json::Value = serde_json::from_str(&grpcurl(&[
+        "-d",
+        r#"{"requests":[{"message":"uno"},{"message":""},{"message":"dos","request_id":"r-2"}]}"#,
+        &data.addr,
+        "registro.v1.Datanode/StoreBatch",
+    ]))
+    .unwrap();
+    let results = batch["results"].as_array().expect("results");
+    assert_eq!(results.len(), 3, "{batch}");
+    assert_eq!(results[0]["reply"]["receipt"], "Message 'uno' stored on datanode1.");
+    assert_eq!(results[1]["code"], 3, "{batch}");
+    assert_eq!(results[2]["reply"]["datanode"], "datanode1");
 }
 
 /// SIGTERM stops both servers cleanly with exit code 0.
