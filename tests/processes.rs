@@ -257,7 +257,10 @@ fn grpcurl_lists_describes_and_calls_every_service() {
     .unwrap();
     let results = batch["results"].as_array().expect("results");
     assert_eq!(results.len(), 3, "{batch}");
-    assert_eq!(results[0]["reply"]["receipt"], "Message 'uno' stored on datanode1.");
+    assert_eq!(
+        results[0]["reply"]["receipt"],
+        "Message 'uno' stored on datanode1."
+    );
     assert_eq!(results[1]["code"], 3, "{batch}");
     assert_eq!(results[2]["reply"]["datanode"], "datanode1");
 }
