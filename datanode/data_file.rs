@@ -36,7 +36,8 @@ const MAX_BATCH: usize = 1024;
 
 /// How often an unhealthy writer tries a probe write to see whether the disk took writes again.
 const RECOVERY_PROBE_INTERVAL: Duration = Duration::from_millis(500);
-/// The longest the writer waits for a [`Hold`] to be released before writing what it has.
+/// While a [`Hold`] is out, the longest the writer waits for the next command before writing
+/// what it has (each command that arrives restarts the wait; a write never exceeds `MAX_BATCH`).
 pub const HOLD_WAIT: Duration = Duration::from_millis(20);
 
 /// One stored message: a line of the data file.
@@ -227,7 +228,8 @@ impl DataFile {
 
     /// Tells the writer that several appends are about to come from one caller (a batch), so it
     /// puts them in one write and one sync rather than starting on the first alone. The caller
-    /// sends its appends, then drops the [`Hold`]; the writer waits at most [`HOLD_WAIT`] for it.
+    /// sends its appends, then drops the [`Hold`]; a hold never released only costs each write
+    /// a wait of [`HOLD_WAIT`].
     pub fn hold(&self) -> Hold {
         // A closed channel shows up in the appends that follow.
         let _ = self.tx.send(Command::Hold);

@@ -14,6 +14,7 @@ use crate::pb::{
     self, ListRequest, StoreBatchReply, StoreBatchRequest, StoreReply, StoreRequest, StoreResult,
     StoredMessage,
 };
+use crate::server::MAX_STORE_BATCH;
 
 /// The datanode's Store service (and the Datanode service, its batch form).
 #[derive(Clone)]
@@ -111,15 +112,18 @@ impl StoreService {
                     (i, key, outcome)
                 }
             });
-            // Every append of the batch is handed over in the first poll; the hold makes the
-            // writer wait for all of them, so the batch costs one write and one sync.
+            // Every append of the batch is handed over in the first poll (unconstrained: the
+            // runtime's per-task budget would otherwise stop that poll partway through a large
+            // batch); the hold makes the writer wait for all of them, so the batch costs one
+            // write and one sync. A message whose request id is being stored by another call
+            // waits for that call instead, outside the hold.
             let mut hold = Some(file.hold());
             let mut all = std::pin::pin!(futures::future::join_all(stores));
-            std::future::poll_fn(|cx| {
+            tokio::task::unconstrained(std::future::poll_fn(|cx| {
                 let polled = all.as_mut().poll(cx);
                 hold.take();
                 polled
-            })
+            }))
             .await
         })
         .await;
@@ -136,7 +140,11 @@ impl StoreService {
                 }
             }
         }
-        results.into_iter().flatten().collect()
+        // Every slot is filled above; an empty one would shift the answers, so it says so.
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Status::internal("no outcome for this message"))))
+            .collect()
     }
 }
 
@@ -187,8 +195,15 @@ impl pb::datanode_server::Datanode for StoreService {
         &self,
         request: Request<StoreBatchRequest>,
     ) -> Result<Response<StoreBatchReply>, Status> {
+        let requests = request.into_inner().requests;
+        if requests.len() > MAX_STORE_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "{} messages in one StoreBatch, over the limit of {MAX_STORE_BATCH}",
+                requests.len()
+            )));
+        }
         let results = self
-            .store_many(request.into_inner().requests)
+            .store_many(requests)
             .await
             .into_iter()
             .map(|result| match result {

@@ -10,21 +10,25 @@
 //! batching never adds a wait; under heavy load the calls grow instead of the stream count.
 //!
 //! Every message keeps its own outcome: the datanode answers each one (stored, a repeated
-//! request id, or its own error), and a call that fails as a whole fails every message in it, so
-//! the caller retries each elsewhere with its request id.
+//! request id, or its own error). A call that fails as a whole (transport, deadline, a datanode
+//! that does not know the call) fails every message in it with UNAVAILABLE, so the caller marks
+//! the datanode down and retries each message elsewhere with its request id.
+//!
+//! Each message carries its caller's deadline: one that has passed by the time a call leaves is
+//! not sent (the caller has moved on to another datanode), and a call's deadline is the earliest
+//! of its messages'.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::pb::datanode_client::DatanodeClient;
 use crate::pb::{StoreBatchRequest, StoreReply, StoreRequest, StoreResult};
 
-/// Messages in one call at most.
+/// Messages in one call at most (a datanode takes up to [`crate::server::MAX_STORE_BATCH`]).
 pub const MAX_BATCH_MESSAGES: usize = 256;
+const _: () = assert!(MAX_BATCH_MESSAGES <= crate::server::MAX_STORE_BATCH);
 /// Bytes of message text (and request ids) in one call at most; a single larger message goes
 /// alone (the call limit, [`crate::server::MAX_GRPC_BATCH_BYTES`], leaves room for it).
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
@@ -32,6 +36,8 @@ pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 /// One Store waiting for its call.
 struct Pending {
     request: StoreRequest,
+    /// When its caller stops waiting and tries another datanode.
+    deadline: Instant,
     reply: oneshot::Sender<Result<StoreReply, Status>>,
 }
 
@@ -47,10 +53,9 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the sending task on `channels`, with one call out on each at a time; a call that
-    /// has no answer within `timeout` fails every message in it. The task ends when the batcher is
-    /// dropped and its queue is empty.
-    pub fn new(channels: Vec<Channel>, timeout: Duration) -> Self {
+    /// Starts the sending task on `channels`, with one call out on each at a time. The task ends
+    /// when the batcher is dropped and its queue is empty.
+    pub fn new(channels: Vec<Channel>) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
         let clients = channels
             .into_iter()
@@ -60,34 +65,46 @@ impl Batcher {
                     .max_encoding_message_size(crate::server::MAX_GRPC_BATCH_BYTES)
             })
             .collect();
-        tokio::spawn(send_batches(rx, clients, timeout));
+        tokio::spawn(send_batches(rx, clients));
         Self { queue }
     }
 
-    /// Stores one message through the next call to this datanode.
-    pub async fn store(&self, request: StoreRequest) -> Result<StoreReply, Status> {
+    /// Stores one message through the next call to this datanode, unless `deadline` passes
+    /// first (the caller enforces it; past it the message is not sent).
+    pub async fn store(
+        &self,
+        request: StoreRequest,
+        deadline: Instant,
+    ) -> Result<StoreReply, Status> {
         let (reply, rx) = oneshot::channel();
         self.queue
-            .send(Pending { request, reply })
+            .send(Pending {
+                request,
+                deadline,
+                reply,
+            })
             .map_err(|_| Status::unavailable("the datanode's forward queue is closed"))?;
         rx.await
             .unwrap_or_else(|_| Err(Status::unavailable("the forward was dropped unanswered")))
     }
 }
 
-/// Sends what is queued, in calls of up to [`MAX_BATCH_MESSAGES`], with at most one call out per
-/// client (connection).
+/// Sends what is queued, in calls of up to [`MAX_BATCH_MESSAGES`], with at most one call out on
+/// each client (connection) at a time.
 async fn send_batches(
     mut rx: mpsc::UnboundedReceiver<Pending>,
     clients: Vec<DatanodeClient<Channel>>,
-    timeout: Duration,
 ) {
-    let permits = Arc::new(Semaphore::new(clients.len().max(1)));
+    // The connections with no call out; a call gives its connection back when it ends.
+    let (idle_tx, mut idle) = mpsc::unbounded_channel();
+    for client in clients {
+        let _ = idle_tx.send(client);
+    }
     let mut carried: Option<Pending> = None;
-    let mut next_client = 0;
     loop {
-        // A permit first: while every call is out, Stores pile up in the queue for the next one.
-        let Ok(permit) = permits.clone().acquire_owned().await else {
+        // A free connection first: while every one has a call out, Stores pile up in the queue
+        // for the next call.
+        let Some(client) = idle.recv().await else {
             return;
         };
         let first = match carried.take() {
@@ -108,28 +125,37 @@ async fn send_batches(
             bytes += p.bytes();
             batch.push(p);
         }
-        // A Store whose caller gave up (its forward deadline passed) has been retried
-        // elsewhere: sending it here too would only make an unacknowledged copy.
-        batch.retain(|p| !p.reply.is_closed());
-        if batch.is_empty() {
+        // A Store whose caller gave up (its deadline passed) is being retried elsewhere:
+        // sending it here too would only make an unacknowledged copy.
+        let now = Instant::now();
+        batch.retain(|p| !p.reply.is_closed() && p.deadline > now);
+        let Some(deadline) = batch.iter().map(|p| p.deadline).min() else {
+            let _ = idle_tx.send(client);
             continue;
-        }
-        let client = clients[next_client % clients.len()].clone();
-        next_client = next_client.wrapping_add(1);
+        };
+        let idle_tx = idle_tx.clone();
         tokio::spawn(async move {
-            send(client, batch, timeout).await;
-            drop(permit);
+            let client = send(client, batch, deadline).await;
+            // The receiver is gone only when the sending task has ended.
+            let _ = idle_tx.send(client);
         });
     }
 }
 
-/// One call: every message in `batch` gets its own outcome.
-async fn send(mut client: DatanodeClient<Channel>, batch: Vec<Pending>, timeout: Duration) {
+/// One call, answered by `deadline`: every message in `batch` gets its own outcome. Returns
+/// the client for the next call.
+async fn send(
+    mut client: DatanodeClient<Channel>,
+    batch: Vec<Pending>,
+    deadline: Instant,
+) -> DatanodeClient<Channel> {
     let (requests, replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|p| (p.request, p.reply)).unzip();
     let sent = requests.len();
     let answer =
-        tokio::time::timeout(timeout, client.store_batch(StoreBatchRequest { requests })).await;
+        tokio::time::timeout_at(deadline, client.store_batch(StoreBatchRequest { requests })).await;
+    // Whatever failed the whole call says nothing about the messages: UNAVAILABLE, so each is
+    // retried on another datanode.
     let status = match answer {
         Ok(Ok(reply)) => {
             let results = reply.into_inner().results;
@@ -137,22 +163,24 @@ async fn send(mut client: DatanodeClient<Channel>, batch: Vec<Pending>, timeout:
                 for (result, reply) in results.into_iter().zip(replies) {
                     let _ = reply.send(outcome(result));
                 }
-                return;
+                return client;
             }
-            Status::unknown(format!(
+            Status::unavailable(format!(
                 "the datanode answered {} results for {sent} messages",
                 results.len()
             ))
         }
-        Ok(Err(status)) => status,
-        Err(_) => Status::deadline_exceeded(format!(
-            "no reply within {}",
-            humantime::format_duration(timeout)
+        Ok(Err(status)) => Status::unavailable(format!(
+            "StoreBatch failed: {:?}: {}",
+            status.code(),
+            status.message()
         )),
+        Err(_) => Status::unavailable("no reply before the forward deadline"),
     };
     for reply in replies {
         let _ = reply.send(Err(status.clone()));
     }
+    client
 }
 
 /// One message's outcome as the datanode reported it.

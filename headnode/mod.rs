@@ -105,7 +105,6 @@ pub async fn serve(
     let pool = Arc::new(Pool::new(
         config.heartbeat_timeout,
         config.datanode_connections,
-        config.forward_timeout,
     ));
     for address in &config.datanodes {
         pool.add_static(address).map_err(Error::Datanode)?;

@@ -73,10 +73,9 @@ pub struct Datanode {
     pub address: String,
     /// True when it announced itself; false when it came from `--datanodes`.
     pub registered: bool,
-    /// HTTP/2 connections for forwards and List, used in turn: one tonic `Channel` sends every
-    /// call through a single buffer task.
+    /// HTTP/2 connections for forwards (the batcher keeps one call out on each) and List.
     forward_channels: Vec<Channel>,
-    /// The next forward connection to use.
+    /// The next forward connection for a List.
     next_forward: AtomicUsize,
     /// Stores bound here, sent in batches over the forward connections.
     batcher: Batcher,
@@ -95,7 +94,6 @@ impl Datanode {
         registered: bool,
         connect_timeout: Duration,
         connections: usize,
-        forward_timeout: Duration,
     ) -> Result<Self, String> {
         crate::config::check_host_port(&address)?;
         let channel =
@@ -106,7 +104,7 @@ impl Datanode {
         let health_channel = channel()?;
         Ok(Self {
             name,
-            batcher: Batcher::new(forward_channels.clone(), forward_timeout),
+            batcher: Batcher::new(forward_channels.clone()),
             forward_channels,
             next_forward: AtomicUsize::new(0),
             health_channel,
@@ -122,9 +120,14 @@ impl Datanode {
         })
     }
 
-    /// Stores one message on this datanode, in the next batch sent to it.
-    pub async fn store(&self, request: StoreRequest) -> Result<StoreReply, Status> {
-        self.batcher.store(request).await
+    /// Stores one message on this datanode, in the next batch sent to it, unless `deadline`
+    /// passes first.
+    pub async fn store(
+        &self,
+        request: StoreRequest,
+        deadline: tokio::time::Instant,
+    ) -> Result<StoreReply, Status> {
+        self.batcher.store(request, deadline).await
     }
 
     /// A Store client on the next of this datanode's forward connections.
@@ -185,22 +188,18 @@ pub struct Pool {
     connect_timeout: Duration,
     /// Forward connections per datanode.
     connections: usize,
-    /// Deadline of one forward call.
-    forward_timeout: Duration,
     /// How many members are SERVING; the headnode's readiness follows it.
     serving: watch::Sender<usize>,
 }
 
 impl Pool {
     /// An empty pool that opens `connections` forward connections to each datanode (plus one
-    /// for probes); connecting gives up after `connect_timeout`, a forward call after
-    /// `forward_timeout`.
-    pub fn new(connect_timeout: Duration, connections: usize, forward_timeout: Duration) -> Self {
+    /// for probes); connecting gives up after `connect_timeout`.
+    pub fn new(connect_timeout: Duration, connections: usize) -> Self {
         Self {
             members: RwLock::new(BTreeMap::new()),
             connect_timeout,
             connections,
-            forward_timeout,
             serving: watch::Sender::new(0),
         }
     }
@@ -215,7 +214,6 @@ impl Pool {
             false,
             self.connect_timeout,
             self.connections,
-            self.forward_timeout,
         )?;
         self.write().insert(name, Arc::new(node));
         Ok(())
@@ -239,7 +237,6 @@ impl Pool {
             true,
             self.connect_timeout,
             self.connections,
-            self.forward_timeout,
         )?);
         let outcome = match members.insert(name.to_string(), node.clone()) {
             Some(old) => Registration::Moved {
@@ -358,7 +355,7 @@ mod tests {
     use super::*;
 
     fn pool() -> Pool {
-        Pool::new(Duration::from_millis(100), 2, Duration::from_millis(500))
+        Pool::new(Duration::from_millis(100), 2)
     }
 
     #[tokio::test]

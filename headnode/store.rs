@@ -93,9 +93,11 @@ impl Forwarder {
                 message: message.to_string(),
                 request_id: request_id.to_string(),
             };
-            // The deadline is enforced here, not sent along: a datanode that got the request
-            // finishes it (and remembers its request id) even after we have moved on.
-            let error = match tokio::time::timeout(self.forward_timeout, node.store(request)).await
+            // The deadline covers the wait in the datanode's batch queue and the call. It is
+            // enforced here, not sent along: a datanode that got the request finishes it (and
+            // remembers its request id) even after we have moved on.
+            let deadline = tokio::time::Instant::now() + self.forward_timeout;
+            let error = match tokio::time::timeout_at(deadline, node.store(request, deadline)).await
             {
                 Ok(Ok(reply)) => {
                     node.count_routed();

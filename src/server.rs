@@ -26,6 +26,11 @@ pub const MAX_GRPC_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// [`MAX_GRPC_MESSAGE_BYTES`] otherwise).
 pub const MAX_GRPC_BATCH_BYTES: usize = 2 * MAX_GRPC_MESSAGE_BYTES;
 
+/// The most messages a datanode takes in one `StoreBatch` (the headnode sends fewer); more is
+/// INVALID_ARGUMENT, so a single call cannot make a datanode hold millions of pending appends
+/// or answer with a reply over the size limit.
+pub const MAX_STORE_BATCH: usize = 1024;
+
 /// The default for `--max-message-bytes`: the longest message text a Store accepts.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 

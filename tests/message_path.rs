@@ -344,4 +344,12 @@ async fn a_batch_answers_each_message_on_its_own() {
     let ids: HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
     assert!(ids.contains(reply.id.as_str()));
     assert!(ids.contains(results[3].reply.as_ref().unwrap().id.as_str()));
+
+    // Over the per-call limit: refused whole, nothing stored.
+    let too_many = StoreBatchRequest {
+        requests: vec![request("x", ""); registro::server::MAX_STORE_BATCH + 1],
+    };
+    let refused = client.store_batch(too_many).await.unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert_eq!(records_in(&dir.path().join("d")).len(), 3);
 }
