@@ -1,6 +1,5 @@
-//! The heartbeat: every interval, one `grpc.health.v1.Health/Check` per datanode (for
-//! `registro.v1.Store`, so a datanode whose disk fails reads NOT_SERVING), its result recorded in
-//! the pool and written as one heartbeat-log line:
+//! The heartbeat: every interval, one `grpc.health.v1.Health/Check` per datanode, its result
+//! recorded in the pool and written as one heartbeat-log line:
 //!
 //! `<ts> <datanode> <address> <STATUS> <detail>` — detail is the latency (`0.42ms`) or the error.
 //!
@@ -9,6 +8,10 @@
 //! out of routing the moment its stream says so, and that change gets a log line of its own.
 //! Bringing a datanode back is left to the probes, so a flapping stream cannot route to a node
 //! that no probe has seen healthy.
+//!
+//! Both ask about `registro.v1.Datanode`, the service the headnode forwards through: a datanode
+//! whose disk fails reads NOT_SERVING, and a server that does not offer the service (a datanode
+//! of an older version, or any other Store server) answers NOT_FOUND and never gets traffic.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,7 +86,7 @@ impl Drop for Watchers {
 /// moment the stream reports it not serving, or breaks.
 async fn watch(pool: Arc<Pool>, log: LogFile, member: Arc<Datanode>) {
     let request = HealthCheckRequest {
-        service: crate::STORE_SERVICE.to_string(),
+        service: crate::DATANODE_SERVICE.to_string(),
     };
     // A datanode that cannot be reached now is the probes' business; the next round retries.
     let Ok(stream) = member.health_client().watch(request).await else {
@@ -146,7 +149,7 @@ fn record(pool: &Pool, log: &LogFile, member: &Datanode, result: &ProbeResult) {
 pub async fn probe(member: &Datanode, timeout: Duration) -> ProbeResult {
     let mut client = member.health_client();
     let mut request = tonic::Request::new(HealthCheckRequest {
-        service: crate::STORE_SERVICE.to_string(),
+        service: crate::DATANODE_SERVICE.to_string(),
     });
     request.set_timeout(timeout);
     let start = Instant::now();
@@ -158,6 +161,12 @@ pub async fn probe(member: &Datanode, timeout: Duration) -> ProbeResult {
             } else {
                 ProbeResult::NotServing(latency)
             }
+        }
+        Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+            ProbeResult::Unreachable(format!(
+                "it does not serve {} (a datanode of another version?)",
+                crate::DATANODE_SERVICE
+            ))
         }
         Ok(Err(status)) => ProbeResult::Unreachable(describe(&status)),
         Err(_) => ProbeResult::Unreachable(format!(

@@ -191,3 +191,46 @@ async fn a_datanode_serves_the_health_protocol() {
         ServingStatus::Serving
     );
 }
+
+/// A server that answers health checks for `registro.v1.Store` but does not offer
+/// `registro.v1.Datanode` (a datanode of an older version, or any other Store server) is never
+/// routed to: its probes say why, and the headnode stays not ready.
+#[tokio::test]
+async fn a_server_without_the_datanode_service_gets_no_traffic() {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(
+            registro::STORE_SERVICE,
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let head = headnode(headnode_config(dir.path(), vec![addr.clone()])).await;
+    let probes = eventually("two probes of the old server logged", || async {
+        let lines = lines_for(dir.path(), &addr);
+        (lines.len() >= 2).then_some(lines)
+    })
+    .await;
+    for fields in &probes {
+        assert_eq!(fields[3], "UNREACHABLE", "{fields:?}");
+        assert!(
+            fields[4].contains("does not serve registro.v1.Datanode"),
+            "{fields:?}"
+        );
+    }
+    assert_eq!(
+        health(&head.url(), registro::STORE_SERVICE).await,
+        ServingStatus::NotServing
+    );
+    let refused = store(&head.url(), "hola", "").await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    server.abort();
+}
