@@ -24,7 +24,20 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use super::pool::{Datanode, Liveness, Pool, ProbeResult};
 use crate::logfile::LogFile;
 
-/// Probes the whole pool every `interval` until `stop` turns true.
+/// The first early round's delay while no datanode is SERVING; each one after waits twice as
+/// long, up to the heartbeat interval.
+const FIRST_RECHECK: Duration = Duration::from_millis(100);
+
+/// Probes the whole pool every `interval` until `stop` turns true, and sooner while no datanode
+/// is SERVING.
+///
+/// When the last SERVING datanode leaves routing, a round runs at once, and while none is back
+/// the next rounds come after 100 ms, 200 ms, 400 ms, … up to `interval`. That is for a stall
+/// that hits every datanode together (a disk they share, a headnode starved of CPU past the
+/// forward deadline): the forwards time out and mark them all down, and every Store gets
+/// UNAVAILABLE until a probe finds one healthy, which would otherwise be up to an interval after
+/// the stall ended. It also finds datanodes that start after the headnode sooner. A cluster that
+/// stays down gets a handful of extra rounds, then the usual rhythm.
 pub async fn run(
     pool: Arc<Pool>,
     log: LogFile,
@@ -32,19 +45,47 @@ pub async fn run(
     timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut serving = pool.serving();
     let mut watchers = Watchers::default();
+    let mut next = tokio::time::Instant::now();
+    // The wait before the next early round, while no datanode is SERVING.
+    let mut recheck = FIRST_RECHECK;
     loop {
         tokio::select! {
-            _ = ticker.tick() => {}
+            _ = tokio::time::sleep_until(next) => {}
+            changed = serving.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if *serving.borrow_and_update() > 0 {
+                    recheck = FIRST_RECHECK;
+                    continue;
+                }
+                if recheck > FIRST_RECHECK {
+                    // Already rechecking on the back-off.
+                    continue;
+                }
+                tracing::info!("no datanode is SERVING any more; probing them all now");
+            }
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
+        let round = tokio::time::Instant::now();
         let members = pool.members();
         watchers.follow(&members, &pool, &log);
         let results = futures::future::join_all(members.iter().map(|m| probe(m, timeout))).await;
         for (member, result) in members.iter().zip(results) {
             record(&pool, &log, member, &result);
+        }
+        // This round's own results are not a reason for another one.
+        let none_serving = *serving.borrow_and_update() == 0;
+        if none_serving && !members.is_empty() && recheck < interval {
+            next = round + recheck;
+            recheck *= 2;
+        } else {
+            next = round + interval;
+            if !none_serving {
+                recheck = FIRST_RECHECK;
+            }
         }
     }
 }

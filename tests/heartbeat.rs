@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use registro::datanode;
 use tonic_health::pb::HealthCheckRequest;
@@ -233,4 +235,41 @@ async fn a_server_without_the_datanode_service_gets_no_traffic() {
     let refused = store(&head.url(), "hola", "").await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable);
     server.abort();
+}
+
+/// While no datanode is SERVING the headnode probes sooner than its interval, on a back-off that
+/// doubles up to the interval: a datanode that comes up is found quickly, and one that stays
+/// down costs a handful of extra probes, never a busy loop.
+#[tokio::test]
+async fn with_no_datanode_serving_probes_back_off_up_to_the_interval() {
+    let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = gone.local_addr().unwrap().to_string();
+    drop(gone);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = headnode_config(dir.path(), vec![addr.clone()]);
+    config.heartbeat_interval = Duration::from_secs(2);
+    let _head = headnode(config).await;
+    let lines = eventually("seven probes of the missing datanode", || async {
+        let lines = lines_for(dir.path(), &addr);
+        (lines.len() >= 7).then_some(lines)
+    })
+    .await;
+    let times: Vec<_> = lines
+        .iter()
+        .map(|f| registro::time::parse(&f[0]).unwrap())
+        .collect();
+    let gaps: Vec<i64> = times
+        .windows(2)
+        .map(|w| (w[1] - w[0]).num_milliseconds())
+        .collect();
+    assert!(lines.iter().all(|f| f[3] == "UNREACHABLE"), "{lines:?}");
+    assert!(gaps[0] < 500, "the first recheck comes soon: {gaps:?}");
+    assert!(
+        gaps.windows(2).all(|g| g[1] + 50 >= g[0]),
+        "the gaps never shrink: {gaps:?}"
+    );
+    assert!(
+        gaps[5] >= 1900,
+        "the back-off reaches the 2 s interval: {gaps:?}"
+    );
 }

@@ -41,6 +41,15 @@ where
     }
 }
 
+/// The WARN and ERROR lines of a log, for a failure message.
+pub fn warnings(log: &str) -> String {
+    log.lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .take(40)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A node running inside the test process. Dropping it stops it.
 pub struct Node {
     pub addr: SocketAddr,
