@@ -9,6 +9,7 @@ use rand::seq::IndexedRandom;
 use registro::logfile::LogFile;
 use registro::pb::StoreRequest;
 use registro::pb::store_client::StoreClient;
+use registro::retry::Retry;
 
 /// The exercise's messages, used when no script is given.
 const BUILT_IN: &[&str] = &[
@@ -41,6 +42,10 @@ pub struct Args {
     /// The client log: one line per reply.
     #[arg(long, env = "REGISTRO_LOG", default_value = "client.log")]
     log: PathBuf,
+    /// Retries of a Store that got UNAVAILABLE (no datanode could take it right now), with the
+    /// same request id, after 100 ms, 200 ms, 400 ms, … (at most 2 s apart); 0 never retries.
+    #[arg(long, env = "REGISTRO_RETRIES", default_value_t = Retry::default().retries)]
+    retries: u32,
 }
 
 /// The messages to send, in order: the script up to its first `exit`, repeated to `count`; or
@@ -102,19 +107,27 @@ pub async fn run(addr: &str, timeout: Duration, args: Args) -> anyhow::Result<i3
             message,
             request_id: uuid::Uuid::now_v7().to_string(),
         };
-        match client.store(request).await {
+        let retry = |status: &tonic::Status, wait: Duration| {
+            eprintln!(
+                "{:?}: {}; retrying in {} with the same request id",
+                status.code(),
+                one_line(status.message()),
+                humantime::format_duration(wait)
+            );
+        };
+        let policy = Retry {
+            retries: args.retries,
+            ..Retry::default()
+        };
+        match registro::retry::store(&mut client, request, policy, retry).await {
             Ok(reply) => {
-                let receipt = reply.into_inner().receipt;
+                let receipt = reply.receipt;
                 println!("{receipt}");
                 log.line(format!("{} {receipt}", registro::time::now()));
                 stored += 1;
             }
             Err(status) => {
-                let message = status
-                    .message()
-                    .split_whitespace()
-                    .collect::<Vec<_>>()
-                    .join(" ");
+                let message = one_line(status.message());
                 eprintln!("error: {:?}: {message}", status.code());
                 log.line(format!(
                     "{} ERROR {:?} {message}",
@@ -131,6 +144,11 @@ pub async fn run(addr: &str, timeout: Duration, args: Args) -> anyhow::Result<i3
         args.log.display()
     );
     Ok(if failed == 0 { 0 } else { 1 })
+}
+
+/// A server's message on one line.
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

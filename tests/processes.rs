@@ -67,6 +67,16 @@ fn small_cluster(dir: &Path) -> (Proc, Proc) {
     (data, head)
 }
 
+/// A child process that is killed if the test ends before it does.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Polls a blocking check every 20 ms until `DEADLINE`.
 fn eventually_blocking<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let start = std::time::Instant::now();
@@ -188,6 +198,75 @@ fn client_send_status_and_list_through_the_headnode() {
             .ends_with("datanode1 \"Hola\""),
         "{listed}"
     );
+}
+
+/// `client send` retries UNAVAILABLE with the same request id: started against a headnode with
+/// no datanode, it waits, and stores every message once a datanode registers.
+#[test]
+fn client_send_retries_until_a_datanode_is_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = Proc::spawn(
+        "headnode",
+        &["--listen", "127.0.0.1:0"],
+        dir.path(),
+        "headnode.err",
+    );
+    let (stdout, stderr) = (dir.path().join("client.out"), dir.path().join("client.err"));
+    let mut send = KillOnDrop(
+        Command::new(bin("client"))
+            .args([
+                "--addr",
+                &head.url(),
+                "send",
+                "--count",
+                "3",
+                "--retries",
+                "30",
+            ])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let first = eventually_blocking("the client retrying", || {
+        let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+        // A whole line: eprintln! may write one in pieces.
+        let line = text.split_inclusive('\n').next()?;
+        line.ends_with('\n').then(|| line.to_string())
+    });
+    assert!(
+        first.starts_with("Unavailable: no healthy datanode")
+            && first.contains("retrying in 100ms with the same request id"),
+        "{first}"
+    );
+    let _data = Proc::spawn(
+        "datanode",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "late1",
+            "--data-dir",
+            "d1",
+            "--headnode",
+            &head.url(),
+        ],
+        dir.path(),
+        "late1.err",
+    );
+    let status = send.0.wait().unwrap();
+    let errors = std::fs::read_to_string(&stderr).unwrap();
+    assert!(status.success(), "{errors}");
+    let receipts = std::fs::read_to_string(&stdout).unwrap();
+    assert_eq!(receipts.lines().count(), 3, "{receipts}");
+    assert!(
+        errors.ends_with("3 stored, 0 failed; log: client.log\n"),
+        "{errors}"
+    );
+    let records = records_in(&dir.path().join("d1"));
+    assert_eq!(records.len(), 3, "each message stored once: {records:?}");
 }
 
 /// grpcurl 1.8.6 (the PyPI build) lists, describes and calls every service through reflection.
