@@ -284,6 +284,16 @@ def run_quiet(cmd):
         return "unknown"
 
 
+def commit():
+    """The commit the benchmarked code was built from, with -dirty for uncommitted changes."""
+    try:
+        p = subprocess.run(["git", "describe", "--always", "--dirty"],
+                           capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return p.stdout.strip() if p.returncode == 0 and p.stdout.strip() else "unknown"
+
+
 def machine():
     cpu = "unknown"
     try:
@@ -309,6 +319,7 @@ def machine():
         "rustc": run_quiet(["rustc", "--version"]),
         "nginx": run_quiet(["nginx", "-v"]),
         "h2load": run_quiet(["h2load", "--version"]),
+        "commit": commit(),
     }
 
 
@@ -326,7 +337,8 @@ def markdown(table, detections, commands, settings, out_dir, machine_info):
     rounds = max((v["rounds"] for v in table.values()), default=0)
     md = ["# Benchmarks", ""]
     md.append(
-        f"Measured by `make bench` (scripts/bench.sh) on {now}. Every number is the median of "
+        f"Measured by `make bench` (scripts/bench.sh) on {now}, on commit "
+        f"`{machine_info['commit']}`. Every number is the median of "
         f"{rounds} round{'s' if rounds != 1 else ''}; in each round the three "
         "scenarios run back to back (in a rotating order) with the same load, so the machine's "
         "noise falls on all of them. Errors, ok and stored are totals over the rounds."
