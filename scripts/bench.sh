@@ -11,7 +11,7 @@
 # Writes BENCHMARKS.md and docs/bench.svg; raw results and every process's log go to bench-out/.
 #
 # Settings (environment):
-#   BENCH_DURATION=10      seconds per measurement        BENCH_ROUNDS=3       rounds per fsync mode
+#   BENCH_DURATION=10      seconds per measurement        BENCH_ROUNDS=5       rounds per fsync mode
 #   BENCH_CONCURRENCY=64   requests in flight             BENCH_CONNECTIONS=4  HTTP/2 connections
 #   BENCH_SIZE=100         message bytes                  BENCH_MODES="always never"
 #   BENCH_KILLS=5          SIGKILLs (and SIGSTOPs) of a datanode for detection time
@@ -23,7 +23,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 duration=${BENCH_DURATION:-10}
-rounds=${BENCH_ROUNDS:-3}
+rounds=${BENCH_ROUNDS:-5}
 concurrency=${BENCH_CONCURRENCY:-64}
 connections=${BENCH_CONNECTIONS:-4}
 size=${BENCH_SIZE:-100}
@@ -32,6 +32,9 @@ kills=${BENCH_KILLS:-5}
 profile=${BENCH_PROFILE:-auto}
 out=${BENCH_OUT:-bench-out}
 export RUST_LOG=${BENCH_RUST_LOG:-warn}
+# The code measured, taken before this run writes BENCHMARKS.md and the chart.
+BENCH_COMMIT=$(git describe --always --dirty 2>/dev/null || echo unknown)
+export BENCH_COMMIT
 
 # Ports away from make demo's 5000 and 6001-6003.
 head_port=15000

@@ -285,7 +285,10 @@ def run_quiet(cmd):
 
 
 def commit():
-    """The commit the benchmarked code was built from, with -dirty for uncommitted changes."""
+    """The commit the benchmarked code was built from, with -dirty for uncommitted changes:
+    BENCH_COMMIT, which bench.sh sets before the run writes anything, or git now."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
     try:
         p = subprocess.run(["git", "describe", "--always", "--dirty"],
                            capture_output=True, text=True, timeout=10)
