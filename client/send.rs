@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use rand::seq::IndexedRandom;
 use registro::logfile::LogFile;
+use registro::one_line;
 use registro::pb::StoreRequest;
 use registro::pb::store_client::StoreClient;
 use registro::retry::Retry;
@@ -102,24 +103,24 @@ pub async fn run(addr: &str, timeout: Duration, args: Args) -> anyhow::Result<i3
     let channel = crate::connect(addr, timeout).await?;
     let mut client = StoreClient::new(channel);
     let (mut stored, mut failed) = (0usize, 0usize);
+    let policy = Retry {
+        retries: args.retries,
+        ..Retry::default()
+    };
+    let on_retry = |status: &tonic::Status, wait: Duration| {
+        eprintln!(
+            "{:?}: {}; retrying in {} with the same request id",
+            status.code(),
+            one_line(status.message()),
+            humantime::format_duration(wait)
+        );
+    };
     for message in messages {
         let request = StoreRequest {
             message,
             request_id: uuid::Uuid::now_v7().to_string(),
         };
-        let retry = |status: &tonic::Status, wait: Duration| {
-            eprintln!(
-                "{:?}: {}; retrying in {} with the same request id",
-                status.code(),
-                one_line(status.message()),
-                humantime::format_duration(wait)
-            );
-        };
-        let policy = Retry {
-            retries: args.retries,
-            ..Retry::default()
-        };
-        match registro::retry::store(&mut client, request, policy, retry).await {
+        match registro::retry::store(&mut client, request, policy, &on_retry).await {
             Ok(reply) => {
                 let receipt = reply.receipt;
                 println!("{receipt}");
@@ -144,11 +145,6 @@ pub async fn run(addr: &str, timeout: Duration, args: Args) -> anyhow::Result<i3
         args.log.display()
     );
     Ok(if failed == 0 { 0 } else { 1 })
-}
-
-/// A server's message on one line.
-fn one_line(message: &str) -> String {
-    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

@@ -9,10 +9,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::seq::IndexedRandom;
 use tokio::sync::watch;
+use tonic::Status;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
-
-use tonic::Status;
 
 use super::batch::Batcher;
 use crate::pb::store_client::StoreClient;

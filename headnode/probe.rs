@@ -231,7 +231,7 @@ pub fn describe(status: &tonic::Status) -> String {
         }
         source = cause.source();
     }
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    crate::one_line(&text)
 }
 
 /// The heartbeat-log line for one probe.

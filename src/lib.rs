@@ -66,6 +66,12 @@ pub fn preview(message: &str) -> String {
     out
 }
 
+/// `text` on one line: every run of whitespace (newlines included) becomes one space, for
+/// errors printed or logged a line each.
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// The human sentence of a [`pb::StoreReply`].
 pub fn receipt(message: &str, datanode: &str) -> String {
     format!("Message '{}' stored on {datanode}.", preview(message))
