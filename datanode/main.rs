@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
         headnode: args.headnode,
         advertise: args.advertise,
         max_message_bytes: args.common.max_message_bytes,
-        dedupe_capacity: args.common.dedupe_capacity,
+        dedupe: args.common.dedupe_limits(),
         shutdown_grace: args.common.shutdown_grace,
     };
     let grace = config.shutdown_grace;

@@ -38,8 +38,8 @@ pub struct Config {
     pub advertise: Option<String>,
     /// Longest message text accepted, in bytes.
     pub max_message_bytes: usize,
-    /// How many recent request ids are remembered for idempotency.
-    pub dedupe_capacity: usize,
+    /// Bounds of the idempotency map.
+    pub dedupe: crate::dedupe::Limits,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
 }
@@ -54,13 +54,11 @@ impl Config {
             headnode: None,
             advertise: None,
             max_message_bytes: server::DEFAULT_MAX_MESSAGE_BYTES,
-            dedupe_capacity: DEFAULT_DEDUPE_CAPACITY,
+            dedupe: Default::default(),
             shutdown_grace: Duration::from_secs(5),
         }
     }
 }
-
-pub use crate::server::DEFAULT_DEDUPE_CAPACITY;
 
 /// Why a datanode stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +89,7 @@ pub async fn serve(
     };
     crate::config::check_host_port(&advertise).map_err(Error::Advertise)?;
 
-    let (file, loaded) = DataFile::open(&config.data_dir, config.fsync, config.dedupe_capacity)?;
+    let (file, loaded) = DataFile::open(&config.data_dir, config.fsync, config.dedupe.entries)?;
     tracing::info!(
         name = %config.name,
         listen = %local,

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::Config;
 use super::data_file::{AppendError, DataFile, Loaded, Record};
-use crate::dedupe::{Dedupe, Outcome};
+use crate::dedupe::{self, Dedupe, Outcome};
 use crate::pb::{
     self, ListRequest, StoreBatchReply, StoreBatchRequest, StoreReply, StoreRequest, StoreResult,
     StoredMessage,
@@ -22,21 +22,25 @@ pub struct StoreService {
     name: Arc<str>,
     file: DataFile,
     /// Request id → first reply, rebuilt from the data file at start.
-    dedupe: Arc<Dedupe<StoreReply>>,
+    dedupe: Dedupe<StoreReply>,
     max_message_bytes: usize,
 }
 
 impl StoreService {
     /// A service over `file`, remembering the request ids that `loaded` found in it.
     pub fn new(config: &Config, file: DataFile, loaded: &Loaded) -> Self {
-        let dedupe = Dedupe::new(config.dedupe_capacity);
+        let dedupe = Dedupe::new(config.dedupe);
         for record in &loaded.recent_with_request_id {
-            dedupe.remember(&record.request_id, reply(&config.name, record));
+            dedupe.remember(
+                &record.request_id,
+                &record.message,
+                reply(&config.name, record),
+            );
         }
         Self {
             name: config.name.as_str().into(),
             file,
-            dedupe: Arc::new(dedupe),
+            dedupe,
             max_message_bytes: config.max_message_bytes,
         }
     }
@@ -94,7 +98,9 @@ impl StoreService {
             },
         ) in requests.into_iter().enumerate()
         {
-            match crate::validate_message(&message, self.max_message_bytes) {
+            match crate::validate_message(&message, self.max_message_bytes)
+                .and_then(|()| dedupe::validate_request_id(&request_id))
+            {
                 Ok(()) => {
                     results.push(None);
                     valid.push((i, message, request_id));
@@ -156,8 +162,10 @@ async fn store_once(
     message: String,
     request_id: String,
 ) -> Result<Outcome<StoreReply>, Status> {
+    let key = request_id.clone();
+    let text = message.clone();
     dedupe
-        .run(&request_id.clone(), || async {
+        .run(&key, &text, || async {
             let record = file
                 .append(message, request_id)
                 .await
@@ -182,6 +190,7 @@ fn logged(
             tracing::info!(id = %reply.id, request_id = %request_id, "repeated request id: first reply returned, nothing stored");
             Ok(reply)
         }
+        Ok(Outcome::Conflict) => Err(dedupe::conflict(request_id)),
         Err(status) => {
             tracing::warn!(code = ?status.code(), error = %status.message(), "store failed");
             Err(status)
@@ -231,6 +240,7 @@ impl pb::store_server::Store for StoreService {
             request_id,
         } = request.into_inner();
         crate::validate_message(&message, self.max_message_bytes)?;
+        dedupe::validate_request_id(&request_id)?;
         let outcome = self.store_one(message, request_id.clone()).await;
         logged(outcome, &request_id).map(Response::new)
     }

@@ -43,8 +43,8 @@ pub struct Config {
     /// HTTP/2 connections the headnode opens to each datanode for forwards.
     pub datanode_connections: usize,
     pub max_message_bytes: usize,
-    /// How many recent request ids are remembered for idempotency.
-    pub dedupe_capacity: usize,
+    /// Bounds of the idempotency map.
+    pub dedupe: crate::dedupe::Limits,
     pub shutdown_grace: Duration,
 }
 
@@ -59,7 +59,7 @@ impl Default for Config {
             forward_timeout: Duration::from_millis(500),
             datanode_connections: DEFAULT_DATANODE_CONNECTIONS,
             max_message_bytes: server::DEFAULT_MAX_MESSAGE_BYTES,
-            dedupe_capacity: server::DEFAULT_DEDUPE_CAPACITY,
+            dedupe: Default::default(),
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -125,7 +125,7 @@ pub async fn serve(
     let store = store::StoreService::new(
         pool.clone(),
         registro_log.clone(),
-        config.dedupe_capacity,
+        config.dedupe,
         config.max_message_bytes,
         config.forward_timeout,
     );

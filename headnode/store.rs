@@ -10,7 +10,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::pool::{Datanode, Pool};
 use super::probe::describe;
-use crate::dedupe::{Dedupe, Outcome};
+use crate::dedupe::{self, Dedupe, Outcome};
 use crate::logfile::LogFile;
 use crate::pb::{self, ListRequest, StoreReply, StoreRequest, StoredMessage};
 
@@ -36,7 +36,7 @@ impl StoreService {
     pub fn new(
         pool: Arc<Pool>,
         registro_log: LogFile,
-        dedupe_capacity: usize,
+        dedupe: dedupe::Limits,
         max_message_bytes: usize,
         forward_timeout: Duration,
     ) -> Self {
@@ -44,7 +44,7 @@ impl StoreService {
             forwarder: Arc::new(Forwarder {
                 pool: pool.clone(),
                 registro_log,
-                dedupe: Dedupe::new(dedupe_capacity),
+                dedupe: Dedupe::new(dedupe),
                 forward_timeout,
             }),
             pool,
@@ -61,7 +61,7 @@ impl Forwarder {
         request_id: String,
     ) -> Result<Outcome<StoreReply>, Status> {
         self.dedupe
-            .run(&request_id, || async {
+            .run(&request_id, &message, || async {
                 let (reply, _node) = self.forward(&message, &request_id).await?;
                 self.registro_log
                     .line(registro_line(&crate::time::now(), &reply, &message));
@@ -144,6 +144,7 @@ impl pb::store_server::Store for StoreService {
             request_id,
         } = request.into_inner();
         crate::validate_message(&message, self.max_message_bytes)?;
+        dedupe::validate_request_id(&request_id)?;
         // The Store runs in a task of its own, to completion even if the client goes away, so
         // its reply is remembered for the client's retry and no forward is cut off midway.
         let forwarder = self.forwarder.clone();
@@ -160,6 +161,7 @@ impl pb::store_server::Store for StoreService {
                 tracing::info!(id = %reply.id, request_id = %request_id, "repeated request id: first reply returned, nothing stored");
                 Ok(Response::new(reply))
             }
+            Ok(Outcome::Conflict) => Err(crate::dedupe::conflict(&request_id)),
             Err(status) => {
                 tracing::warn!(code = ?status.code(), error = %status.message(), "store failed");
                 Err(status)

@@ -10,6 +10,34 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 2s, 1m)"))
 }
 
+/// Parses a byte size for clap: `1048576`, `512KiB`, `64MiB`, `1GiB` (also `KB`, `MB`, `GB` as
+/// powers of 1000).
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: usize = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 1048576, 512KiB, 64MiB)"))?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB or GiB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
 /// Adds `http://` to `host:port` so both spellings work wherever a URL is asked for.
 pub fn with_scheme(addr: &str) -> String {
     if addr.contains("://") {
@@ -104,6 +132,17 @@ mod tests {
         assert!(check_host_port(":6000").is_err());
         assert!(check_host_port("a:99999").is_err());
         assert!(check_host_port("a b:1").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_bytes("2MB"), Ok(2_000_000));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("5 parsecs").is_err());
+        assert!(parse_bytes("99999999999999999999GiB").is_err());
     }
 
     #[test]

@@ -144,16 +144,27 @@ pub struct CommonArgs {
     /// Longest message accepted, in bytes.
     #[arg(long, env = "REGISTRO_MAX_MESSAGE_BYTES", default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
     pub max_message_bytes: usize,
-    /// How many recent request ids are remembered for idempotency.
-    #[arg(long, env = "REGISTRO_DEDUPE_CAPACITY", default_value_t = DEFAULT_DEDUPE_CAPACITY)]
+    /// How many recent request ids are remembered for idempotency (the dedupe horizon).
+    #[arg(long, env = "REGISTRO_DEDUPE_CAPACITY", default_value_t = crate::dedupe::DEFAULT_CAPACITY)]
     pub dedupe_capacity: usize,
+    /// Memory the remembered request ids may hold (bytes; suffixes KiB, MiB, GiB); the oldest
+    /// ids are forgotten first when either bound is reached.
+    #[arg(long, env = "REGISTRO_DEDUPE_MEMORY", default_value = "64MiB", value_parser = crate::config::parse_bytes)]
+    pub dedupe_memory: usize,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, env = "REGISTRO_SHUTDOWN_GRACE", default_value = "5s", value_parser = crate::config::parse_duration)]
     pub shutdown_grace: Duration,
 }
 
-/// Default number of request ids remembered for idempotency (roughly 300 bytes each).
-pub const DEFAULT_DEDUPE_CAPACITY: usize = 100_000;
+impl CommonArgs {
+    /// The idempotency map's bounds.
+    pub fn dedupe_limits(&self) -> crate::dedupe::Limits {
+        crate::dedupe::Limits {
+            entries: self.dedupe_capacity,
+            bytes: self.dedupe_memory,
+        }
+    }
+}
 
 /// Serves `router` on `listener` until `shutdown` resolves, then runs the shutdown sequence
 /// (see the module docs) with `grace` for in-flight requests.
