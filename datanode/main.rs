@@ -51,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
         advertise: args.advertise,
         max_message_bytes: args.common.max_message_bytes,
         dedupe: args.common.dedupe_limits(),
+        limits: args.common.limits.limits(),
         shutdown_grace: args.common.shutdown_grace,
     };
     let grace = config.shutdown_grace;

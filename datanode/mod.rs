@@ -40,6 +40,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Bounds of the idempotency map.
     pub dedupe: crate::dedupe::Limits,
+    /// Transport limits of the listener.
+    pub limits: crate::limits::Limits,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
 }
@@ -55,6 +57,7 @@ impl Config {
             advertise: None,
             max_message_bytes: server::DEFAULT_MAX_MESSAGE_BYTES,
             dedupe: Default::default(),
+            limits: Default::default(),
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -107,7 +110,8 @@ pub async fn serve(
     let (health, health_service) =
         Health::new(&[crate::STORE_SERVICE, crate::DATANODE_SERVICE]).await;
     let store = store::StoreService::new(&config, file.clone(), &loaded);
-    let router = server::router(health_service, store.clone())?.add_service(
+    let tracker = crate::limits::Tracker::new(config.limits);
+    let router = server::router(&tracker, health_service, store.clone())?.add_service(
         pb::datanode_server::DatanodeServer::new(store)
             .max_decoding_message_size(server::MAX_GRPC_BATCH_BYTES)
             .max_encoding_message_size(server::MAX_GRPC_BATCH_BYTES),
@@ -130,7 +134,15 @@ pub async fn serve(
     }
 
     tracing::info!("listening on {local}");
-    let result = server::serve(router, listener, health, shutdown, config.shutdown_grace).await;
+    let result = server::serve(
+        router,
+        &tracker,
+        listener,
+        health,
+        shutdown,
+        config.shutdown_grace,
+    )
+    .await;
     let _ = stop_tx.send(true);
     tasks.join_all().await;
     if let Err(e) = file.sync().await {

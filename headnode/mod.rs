@@ -45,6 +45,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// Bounds of the idempotency map.
     pub dedupe: crate::dedupe::Limits,
+    /// Transport limits of the listener.
+    pub limits: crate::limits::Limits,
     pub shutdown_grace: Duration,
 }
 
@@ -60,6 +62,7 @@ impl Default for Config {
             datanode_connections: DEFAULT_DATANODE_CONNECTIONS,
             max_message_bytes: server::DEFAULT_MAX_MESSAGE_BYTES,
             dedupe: Default::default(),
+            limits: Default::default(),
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -135,8 +138,9 @@ pub async fn serve(
         config.heartbeat_interval,
         config.heartbeat_timeout,
     );
-    let router =
-        server::router(health_service, store)?.add_service(HeartbeatServer::new(heartbeat));
+    let tracker = crate::limits::Tracker::new(config.limits);
+    let router = server::router(&tracker, health_service, store)?
+        .add_service(HeartbeatServer::new(heartbeat));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -152,7 +156,15 @@ pub async fn serve(
     if let Ok(local) = listener.local_addr() {
         tracing::info!("listening on {local}");
     }
-    let result = server::serve(router, listener, health, shutdown, config.shutdown_grace).await;
+    let result = server::serve(
+        router,
+        &tracker,
+        listener,
+        health,
+        shutdown,
+        config.shutdown_grace,
+    )
+    .await;
     let _ = stop_tx.send(true);
     tasks.join_all().await;
     for log in [&heartbeat_log, &registro_log] {

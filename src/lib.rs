@@ -13,13 +13,14 @@
 //! | `headnode/` | [`headnode`]: the pool of datanodes, routing and failover, probes, the logs |
 //! | `datanode/` | [`datanode`]: the data file with group commit, the Store service, registration |
 //! | `client/` | the `client` binary: send, status, list, health, bench |
-//! | `src/` | what the roles share: [`config`], [`dedupe`], [`logfile`], [`retry`], [`server`], [`time`] |
+//! | `src/` | what the roles share: [`config`], [`dedupe`], [`limits`], [`logfile`], [`retry`], [`server`], [`time`] |
 //!
 //! Each role exposes `serve(listener, config, shutdown)` so that tests can start real nodes
 //! in-process on `127.0.0.1:0`; the binaries only parse flags, set up logging and call it.
 
 pub mod config;
 pub mod dedupe;
+pub mod limits;
 pub mod logfile;
 pub mod retry;
 pub mod server;

@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower_layer::{Identity, Stack};
 
+use crate::limits::{InFlightLayer, LimitArgs, Tracker};
 use crate::pb;
 
 /// The largest gRPC message a server accepts or sends: the transport limit, above which tonic
@@ -114,20 +116,33 @@ pub fn reflection() -> Result<
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
 
-/// The router every registro server starts from: the health service, reflection (v1 and
-/// v1alpha) and `registro.v1.Store` with the transport's message limits. The headnode adds
-/// Heartbeat to it.
+/// The router of a registro server, with its layers.
+pub type ServerRouter = Router<Stack<InFlightLayer, Identity>>;
+
+/// The router every registro server starts from: the transport limits of `tracker`, the health
+/// service, reflection (v1 and v1alpha) and `registro.v1.Store` with the transport's message
+/// limits. The headnode adds Heartbeat to it.
 pub fn router<S>(
+    tracker: &Tracker,
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
     store: S,
-) -> Result<Router, tonic_reflection::server::Error>
+) -> Result<ServerRouter, tonic_reflection::server::Error>
 where
     S: pb::store_server::Store,
 {
     let (reflection_v1, reflection_v1alpha) = reflection()?;
+    let limits = tracker.limits();
     Ok(tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        // A client resetting streams as fast as it opens them (the "rapid reset" attack) is
+        // disconnected rather than allowed to keep the server busy.
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .http2_max_header_list_size(16 * 1024)
+        .layer(tracker.layer())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -154,6 +169,8 @@ pub struct CommonArgs {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, env = "REGISTRO_SHUTDOWN_GRACE", default_value = "5s", value_parser = crate::config::parse_duration)]
     pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 impl CommonArgs {
@@ -166,19 +183,18 @@ impl CommonArgs {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then runs the shutdown sequence
-/// (see the module docs) with `grace` for in-flight requests.
+/// Serves `router` on `listener` within the limits of `tracker` until `shutdown` resolves, then
+/// runs the shutdown sequence (see the module docs) with `grace` for in-flight requests.
 pub async fn serve(
-    router: Router,
+    router: ServerRouter,
+    tracker: &Tracker,
     listener: TcpListener,
     health: Health,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) -> Result<(), tonic::transport::Error> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    // Replies are small: without TCP_NODELAY they wait for the peer's delayed ACK (~40 ms).
-    // tonic's own nodelay setting does not reach a listener handed to it, so set it here.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = tracker.incoming(listener);
     let server = router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     });

@@ -224,6 +224,14 @@ pub async fn store_client(url: &str) -> StoreClient<Channel> {
         .expect("connect")
 }
 
+/// A Store request for `message` with `request_id` (empty: none).
+pub fn store_request(message: &str, request_id: &str) -> StoreRequest {
+    StoreRequest {
+        message: message.into(),
+        request_id: request_id.into(),
+    }
+}
+
 pub async fn store(
     url: &str,
     message: &str,
