@@ -397,3 +397,59 @@ pub fn grpcurl() -> PathBuf {
     );
     path
 }
+
+/// Whether this process runs as root (of its user namespace).
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|uids| uids.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// For a test that mounts a filesystem (a tiny tmpfs to fill a disk). As root it runs here:
+/// returns true. As another user the test runs again in a user and mount namespace of its own
+/// (`unshare -rm`), where it is root of that namespace and its mounts vanish with it; this
+/// returns false after asserting that run passed. Where user namespaces are not available, the
+/// test is skipped with a line saying why (returns false).
+pub fn with_mount_privileges(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    let usable = Command::new("unshare")
+        .args(["-rm", "true"])
+        .stderr(Stdio::piped())
+        .output();
+    match usable {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => {
+            eprintln!(
+                "SKIPPED {test}: it mounts a tmpfs, which needs root or a user namespace, and `unshare -rm` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return false;
+        }
+        Err(e) => {
+            eprintln!(
+                "SKIPPED {test}: it mounts a tmpfs, which needs root or a user namespace, and `unshare` cannot run: {e}"
+            );
+            return false;
+        }
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let status = Command::new("unshare")
+        .args(["-rm", "--"])
+        .arg(exe)
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .status()
+        .expect("run the test again in a user namespace");
+    assert!(
+        status.success(),
+        "{test} failed in its user namespace ({status})"
+    );
+    false
+}
