@@ -12,6 +12,7 @@
 
 pub mod batch;
 pub mod heartbeat;
+pub mod placement;
 pub mod pool;
 pub mod probe;
 pub mod store;
