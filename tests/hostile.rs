@@ -72,7 +72,7 @@ async fn honest_stores_are_served_through_a_hostile_mix() {
 
     // Enough data that a List of it outlasts every flow-control window (~5 MB), so an unread
     // stream stays open and holds whatever it holds.
-    let mut client = StoreClient::new(channel(&url).await);
+    let client = StoreClient::new(channel(&url).await);
     let big = "x".repeat(16 * 1024);
     for chunk in (0..320).collect::<Vec<_>>().chunks(32) {
         let stores = chunk.iter().map(|i| {
