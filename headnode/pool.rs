@@ -2,18 +2,17 @@
 //! and the one routing decision ([`Pool::choose`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rand::seq::IndexedRandom;
 use tokio::sync::watch;
-use tonic::Status;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::batch::Batcher;
+use super::batch::{self, Batcher};
 use crate::pb::store_client::StoreClient;
 use crate::pb::{StoreReply, StoreRequest};
 
@@ -72,12 +71,12 @@ pub struct Datanode {
     pub address: String,
     /// True when it announced itself; false when it came from `--datanodes`.
     pub registered: bool,
-    /// HTTP/2 connections for forwards (the batcher keeps one call out on each) and List.
-    forward_channels: Vec<Channel>,
-    /// The next forward connection for a List.
-    next_forward: AtomicUsize,
-    /// Stores bound here, sent in batches over the forward connections.
+    /// Stores bound here, sent in batches over HTTP/2 connections of their own (the batcher
+    /// keeps one call out on each).
     batcher: Batcher,
+    /// A connection of its own for List, so that streams a slow reader leaves unread (holding
+    /// flow-control window) cannot stall forwards.
+    list_channel: Channel,
     /// A connection of its own for health probes and the Watch stream, so a probe never queues
     /// behind forwards.
     health_channel: Channel,
@@ -93,6 +92,7 @@ impl Datanode {
         registered: bool,
         connect_timeout: Duration,
         connections: usize,
+        forward_timeout: Duration,
     ) -> Result<Self, String> {
         crate::config::check_host_port(&address)?;
         let channel =
@@ -101,11 +101,11 @@ impl Datanode {
             .map(|_| channel())
             .collect::<Result<_, _>>()?;
         let health_channel = channel()?;
+        let list_channel = channel()?;
         Ok(Self {
             name,
-            batcher: Batcher::new(forward_channels.clone()),
-            forward_channels,
-            next_forward: AtomicUsize::new(0),
+            batcher: Batcher::new(forward_channels, forward_timeout),
+            list_channel,
             health_channel,
             address,
             registered,
@@ -119,20 +119,19 @@ impl Datanode {
         })
     }
 
-    /// Stores one message on this datanode, in the next batch sent to it, unless `deadline`
-    /// passes first.
+    /// Stores one message on this datanode, in the next batch sent to it; a caller with a
+    /// `deadline` gives up at it while the message is still queued (see [`Batcher::store`]).
     pub async fn store(
         &self,
         request: StoreRequest,
-        deadline: tokio::time::Instant,
-    ) -> Result<StoreReply, Status> {
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<StoreReply, batch::Error> {
         self.batcher.store(request, deadline).await
     }
 
-    /// A Store client on the next of this datanode's forward connections.
-    pub fn store_client(&self) -> StoreClient<Channel> {
-        let i = self.next_forward.fetch_add(1, Ordering::Relaxed) % self.forward_channels.len();
-        StoreClient::new(self.forward_channels[i].clone())
+    /// A Store client on this datanode's List connection.
+    pub fn list_client(&self) -> StoreClient<Channel> {
+        StoreClient::new(self.list_channel.clone())
             .max_decoding_message_size(crate::server::MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(crate::server::MAX_GRPC_MESSAGE_BYTES)
     }
@@ -187,18 +186,22 @@ pub struct Pool {
     connect_timeout: Duration,
     /// Forward connections per datanode.
     connections: usize,
+    /// Deadline of one forward call, from when it is sent.
+    forward_timeout: Duration,
     /// How many members are SERVING; the headnode's readiness follows it.
     serving: watch::Sender<usize>,
 }
 
 impl Pool {
     /// An empty pool that opens `connections` forward connections to each datanode (plus one
-    /// for probes); connecting gives up after `connect_timeout`.
-    pub fn new(connect_timeout: Duration, connections: usize) -> Self {
+    /// for probes and one for List); connecting gives up after `connect_timeout`, a forward call
+    /// after `forward_timeout`.
+    pub fn new(connect_timeout: Duration, connections: usize, forward_timeout: Duration) -> Self {
         Self {
             members: RwLock::new(BTreeMap::new()),
             connect_timeout,
             connections,
+            forward_timeout,
             serving: watch::Sender::new(0),
         }
     }
@@ -213,6 +216,7 @@ impl Pool {
             false,
             self.connect_timeout,
             self.connections,
+            self.forward_timeout,
         )?;
         self.write().insert(name, Arc::new(node));
         Ok(())
@@ -236,6 +240,7 @@ impl Pool {
             true,
             self.connect_timeout,
             self.connections,
+            self.forward_timeout,
         )?);
         let outcome = match members.insert(name.to_string(), node.clone()) {
             Some(old) => Registration::Moved {
@@ -354,7 +359,7 @@ mod tests {
     use super::*;
 
     fn pool() -> Pool {
-        Pool::new(Duration::from_millis(100), 2)
+        Pool::new(Duration::from_millis(100), 2, Duration::from_millis(500))
     }
 
     #[tokio::test]

@@ -111,10 +111,7 @@ async fn a_slow_disk_under_full_load_is_not_marked_down_and_nothing_is_stored_tw
                 &data,
             ];
             let env: &[(&str, &str)] = if i == 1 {
-                &[
-                    ("LD_PRELOAD", shim_env),
-                    ("REGISTRO_SLOW_FSYNC_MS", &delay),
-                ]
+                &[("LD_PRELOAD", shim_env), ("REGISTRO_SLOW_FSYNC_MS", &delay)]
             } else {
                 &[]
             };
