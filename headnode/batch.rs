@@ -16,9 +16,10 @@
 //!   that fails (past that deadline, a transport error, UNAVAILABLE) is the datanode's failure:
 //!   each of its messages gets [`Error::Call`] and the caller marks the datanode down and tries
 //!   another datanode with the same request id.
-//! - A **caller** enforces its own deadline (the client's `grpc-timeout`, if it sent one) for its
-//!   own wait. If it passes while the message is still queued, the message is never sent and the
-//!   caller gets [`Error::Expired`]; the datanode is not marked down. Once a message has been sent
+//! - A **caller** ([`Caller`]) enforces its own deadline (the client's `grpc-timeout`, if it sent
+//!   one) for its own wait. If it passes, or the client goes away, while the message is still
+//!   queued, the message is never sent and the caller gets [`Error::Expired`]; the datanode is not
+//!   marked down. Once a message has been sent
 //!   it is not withdrawn, and the caller waits for its call's outcome (bounded by the forward
 //!   timeout), so a message cannot be stored here and, after a caller's impatience, elsewhere too.
 //! - The queue is bounded, per datanode, by [`QUEUED_CALLS`] calls' worth of messages and bytes
@@ -29,7 +30,7 @@
 //! request id, or its own error, [`Error::Message`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -72,6 +73,45 @@ pub enum Error {
     Message(Status),
 }
 
+/// Who waits for a Store: its deadline, and whether it has gone away (the client cancelled, or
+/// tonic ended the call at the client's deadline). Clones share the "gone" flag.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// When the caller stops waiting, if it said.
+    pub deadline: Option<Instant>,
+    gone: Arc<AtomicBool>,
+}
+
+/// Marks its [`Caller`] gone when dropped; the gRPC handler holds it, so that the moment tonic
+/// drops the handler (cancellation, the client's deadline) a queued Store is no longer sent.
+#[derive(Debug)]
+pub struct GoneOnDrop(Arc<AtomicBool>);
+
+impl Drop for GoneOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl Caller {
+    /// A caller with `deadline`, and the guard that marks it gone.
+    pub fn new(deadline: Option<Instant>) -> (Self, GoneOnDrop) {
+        let gone = Arc::new(AtomicBool::new(false));
+        (
+            Self {
+                deadline,
+                gone: gone.clone(),
+            },
+            GoneOnDrop(gone),
+        )
+    }
+
+    /// Whether the caller has stopped waiting by `now`.
+    fn has_given_up(&self, now: Instant) -> bool {
+        self.gone.load(Ordering::Acquire) || self.deadline.is_some_and(|d| d <= now)
+    }
+}
+
 /// Where a queued Store is: still waiting, on its way, or given up by its caller.
 const QUEUED: u8 = 0;
 const SENT: u8 = 1;
@@ -80,8 +120,8 @@ const ABANDONED: u8 = 2;
 /// One Store waiting for its call.
 struct Pending {
     request: StoreRequest,
-    /// When its caller stops waiting, if it set a deadline.
-    deadline: Option<Instant>,
+    /// Who waits for it.
+    caller: Caller,
     /// When it was queued.
     queued: Instant,
     /// [`QUEUED`], [`SENT`] or [`ABANDONED`]: the sender and the caller race for it, and the
@@ -165,20 +205,17 @@ impl Batcher {
         Self { queue, occupancy }
     }
 
-    /// Stores one message through the next call to this datanode. A caller with a `deadline`
-    /// gives up at it if the message is still queued (it is then never sent); once sent, the
-    /// call's outcome is awaited whatever the deadline.
-    pub async fn store(
-        &self,
-        request: StoreRequest,
-        deadline: Option<Instant>,
-    ) -> Result<StoreReply, Error> {
+    /// Stores one message through the next call to this datanode. A `caller` that gives up
+    /// (its deadline, or gone) while the message is still queued stops it from being sent; once
+    /// sent, the call's outcome is awaited whatever the caller does.
+    pub async fn store(&self, request: StoreRequest, caller: &Caller) -> Result<StoreReply, Error> {
+        let deadline = caller.deadline;
         let (reply, mut rx) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
         let queued = Instant::now();
         let pending = Pending {
             request,
-            deadline,
+            caller: caller.clone(),
             queued,
             state: state.clone(),
             reply,
@@ -248,12 +285,12 @@ async fn send_batches(
             bytes += p.bytes();
             batch.push(p);
         }
-        // Only what is still wanted leaves: a message whose caller gave up is not sent, so it
-        // cannot be stored here after its caller was told it was not.
+        // Only what is still wanted leaves: a message whose caller gave up (or went away) is not
+        // sent, so it cannot be stored here after its caller was told it was not.
         let now = Instant::now();
         let mut wanted = Vec::with_capacity(batch.len());
         for p in batch {
-            let expired = p.deadline.is_some_and(|d| d <= now)
+            let expired = p.caller.has_given_up(now)
                 && p.state
                     .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok();

@@ -119,14 +119,14 @@ impl Datanode {
         })
     }
 
-    /// Stores one message on this datanode, in the next batch sent to it; a caller with a
-    /// `deadline` gives up at it while the message is still queued (see [`Batcher::store`]).
+    /// Stores one message on this datanode, in the next batch sent to it; a `caller` that gives
+    /// up while the message is still queued stops it (see [`Batcher::store`]).
     pub async fn store(
         &self,
         request: StoreRequest,
-        deadline: Option<tokio::time::Instant>,
+        caller: &batch::Caller,
     ) -> Result<StoreReply, batch::Error> {
-        self.batcher.store(request, deadline).await
+        self.batcher.store(request, caller).await
     }
 
     /// A Store client on this datanode's List connection.

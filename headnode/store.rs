@@ -107,11 +107,11 @@ impl Forwarder {
         &self,
         message: String,
         request_id: String,
-        deadline: Option<Instant>,
+        caller: batch::Caller,
     ) -> Result<Outcome<StoreReply>, Status> {
         self.dedupe
             .run(&request_id, &message, || async {
-                let reply = self.forward(&message, &request_id, deadline).await?;
+                let reply = self.forward(&message, &request_id, &caller).await?;
                 // The registro log is the record of stored messages: wait for room in its
                 // queue rather than lose a line (see `LogFile::append`).
                 self.registro_log
@@ -128,7 +128,7 @@ impl Forwarder {
         &self,
         message: &str,
         request_id: &str,
-        deadline: Option<Instant>,
+        caller: &batch::Caller,
     ) -> Result<StoreReply, Status> {
         let mut tried: Vec<String> = Vec::new();
         // Datanodes that refused for load: their names, for the final error.
@@ -141,14 +141,14 @@ impl Forwarder {
                 message: message.to_string(),
                 request_id: request_id.to_string(),
             };
-            let error = match node.store(request, deadline).await {
+            let error = match node.store(request, caller).await {
                 Ok(reply) => {
                     node.count_routed();
                     return Ok(reply);
                 }
                 Err(batch::Error::Expired { waited }) => {
                     return Err(Status::deadline_exceeded(format!(
-                        "the caller's deadline passed after {} waiting to be forwarded to {} (the headnode is busy); not stored",
+                        "the caller gave up (its deadline, or it went away) after {} waiting to be forwarded to {} (the headnode is busy); not stored",
                         humantime::format_duration(waited),
                         node.name
                     )));
@@ -234,7 +234,9 @@ pub fn registro_line(ts: &str, reply: &StoreReply, message: &str) -> String {
 #[tonic::async_trait]
 impl pb::store_server::Store for StoreService {
     async fn store(&self, request: Request<StoreRequest>) -> Result<Response<StoreReply>, Status> {
-        let deadline = caller_deadline(request.metadata());
+        // Dropped with this handler (the client cancelled, or tonic ended the call at the
+        // client's deadline): a Store still queued then is not sent.
+        let (caller, _gone) = batch::Caller::new(caller_deadline(request.metadata()));
         let StoreRequest {
             message,
             request_id,
@@ -245,7 +247,7 @@ impl pb::store_server::Store for StoreService {
         // its reply is remembered for the client's retry and no forward is cut off midway.
         let forwarder = self.forwarder.clone();
         let key = request_id.clone();
-        let outcome = tokio::spawn(async move { forwarder.store(message, key, deadline).await })
+        let outcome = tokio::spawn(async move { forwarder.store(message, key, caller).await })
             .await
             .map_err(|e| Status::internal(format!("store task failed: {e}")))?;
         match outcome {

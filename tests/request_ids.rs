@@ -128,7 +128,14 @@ async fn megabyte_request_ids_are_refused_and_the_headnode_keeps_no_memory_for_t
     let dir = tempfile::tempdir().unwrap();
     let data = Proc::spawn(
         "datanode",
-        &["--listen", "127.0.0.1:0", "--name", "d1", "--data-dir", "d1"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "d1",
+            "--data-dir",
+            "d1",
+        ],
         dir.path(),
         "datanode.err",
     );
