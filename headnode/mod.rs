@@ -110,6 +110,7 @@ pub async fn serve(
         config.heartbeat_timeout,
         config.datanode_connections,
         config.forward_timeout,
+        config.lists.max_open,
     ));
     for address in &config.datanodes {
         pool.add_static(address).map_err(Error::Datanode)?;
@@ -251,6 +252,7 @@ mod tests {
             Duration::from_millis(100),
             1,
             Duration::from_secs(1),
+            1,
         ));
         pool.add_static("127.0.0.1:1").unwrap();
         let node = pool.get("127.0.0.1:1").unwrap();

@@ -16,6 +16,12 @@ use super::batch::{self, Batcher};
 use crate::pb::store_client::StoreClient;
 use crate::pb::{StoreReply, StoreRequest};
 
+/// The HTTP/2 flow-control window of one List stream from a datanode: the most a List whose
+/// reader is slow holds in the headnode per datanode.
+pub const LIST_STREAM_WINDOW: u32 = 256 * 1024;
+/// The largest window HTTP/2 allows.
+const MAX_WINDOW: u32 = (1 << 31) - 1;
+
 /// How a datanode looked the last time anyone checked: the words of the heartbeat log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
@@ -93,6 +99,7 @@ impl Datanode {
         connect_timeout: Duration,
         connections: usize,
         forward_timeout: Duration,
+        max_lists: usize,
     ) -> Result<Self, String> {
         crate::config::check_host_port(&address)?;
         let channel =
@@ -101,7 +108,17 @@ impl Datanode {
             .map(|_| channel())
             .collect::<Result<_, _>>()?;
         let health_channel = channel()?;
-        let list_channel = channel()?;
+        // Every List stream may hold its whole window unread, and the connection's window is
+        // room for all of them: a reader that stops cannot take another List's share.
+        let list_window = u32::try_from(max_lists.max(1))
+            .unwrap_or(u32::MAX)
+            .saturating_mul(LIST_STREAM_WINDOW)
+            .min(MAX_WINDOW);
+        let list_channel = crate::config::endpoint(&address, connect_timeout)
+            .map_err(|e| e.to_string())?
+            .initial_stream_window_size(LIST_STREAM_WINDOW)
+            .initial_connection_window_size(list_window)
+            .connect_lazy();
         Ok(Self {
             name,
             batcher: Batcher::new(forward_channels, forward_timeout),
@@ -188,20 +205,28 @@ pub struct Pool {
     connections: usize,
     /// Deadline of one forward call, from when it is sent.
     forward_timeout: Duration,
+    /// Lists open at once, for the List connections' windows.
+    max_lists: usize,
     /// How many members are SERVING; the headnode's readiness follows it.
     serving: watch::Sender<usize>,
 }
 
 impl Pool {
     /// An empty pool that opens `connections` forward connections to each datanode (plus one
-    /// for probes and one for List); connecting gives up after `connect_timeout`, a forward call
-    /// after `forward_timeout`.
-    pub fn new(connect_timeout: Duration, connections: usize, forward_timeout: Duration) -> Self {
+    /// for probes and one for up to `max_lists` Lists); connecting gives up after
+    /// `connect_timeout`, a forward call after `forward_timeout`.
+    pub fn new(
+        connect_timeout: Duration,
+        connections: usize,
+        forward_timeout: Duration,
+        max_lists: usize,
+    ) -> Self {
         Self {
             members: RwLock::new(BTreeMap::new()),
             connect_timeout,
             connections,
             forward_timeout,
+            max_lists,
             serving: watch::Sender::new(0),
         }
     }
@@ -217,6 +242,7 @@ impl Pool {
             self.connect_timeout,
             self.connections,
             self.forward_timeout,
+            self.max_lists,
         )?;
         self.write().insert(name, Arc::new(node));
         Ok(())
@@ -241,6 +267,7 @@ impl Pool {
             self.connect_timeout,
             self.connections,
             self.forward_timeout,
+            self.max_lists,
         )?);
         let outcome = match members.insert(name.to_string(), node.clone()) {
             Some(old) => Registration::Moved {
@@ -359,7 +386,7 @@ mod tests {
     use super::*;
 
     fn pool() -> Pool {
-        Pool::new(Duration::from_millis(100), 2, Duration::from_millis(500))
+        Pool::new(Duration::from_millis(100), 2, Duration::from_millis(500), 4)
     }
 
     #[tokio::test]
