@@ -148,7 +148,7 @@ impl Forwarder {
                 }
                 Err(batch::Error::Expired { waited }) => {
                     return Err(Status::deadline_exceeded(format!(
-                        "the caller gave up (its deadline, or it went away) after {} waiting to be forwarded to {} (the headnode is busy); not stored",
+                        "the caller gave up (its deadline passed, or it went away) after {} in the headnode's queue for {}; the message was not sent and is not stored",
                         humantime::format_duration(waited),
                         node.name
                     )));
@@ -183,7 +183,7 @@ impl Forwarder {
 fn no_datanode(tried: &[String], busy: &[String]) -> Status {
     if !busy.is_empty() {
         return Status::resource_exhausted(format!(
-            "every datanode is busy: the forward queues of {} are full; retry after a back-off",
+            "every datanode is busy (a full forward queue, or the datanode shedding load): {}; retry after a back-off",
             busy.join(", ")
         ));
     }
