@@ -58,8 +58,9 @@ pub enum Error {
     /// The datanode's queue was full; nothing was queued. Load, not failure.
     #[error("the forward queue to this datanode is full ({0})")]
     Full(&'static str),
-    /// The caller's deadline passed while the message waited in the queue; it was not sent.
-    #[error("the caller's deadline passed after {} in the forward queue; not sent", humantime::format_duration(*waited))]
+    /// The caller gave up (its deadline passed, or it went away) while the message waited in
+    /// the queue; it was not sent.
+    #[error("the caller gave up after {} in the forward queue; not sent", humantime::format_duration(*waited))]
     Expired { waited: Duration },
     /// The datanode refused the whole call for load (RESOURCE_EXHAUSTED): not a failure.
     #[error("the datanode is busy: {0}")]
@@ -112,7 +113,7 @@ impl Caller {
     }
 }
 
-/// Where a queued Store is: still waiting, on its way, or given up by its caller.
+// Where a queued Store is: still waiting, on its way, or given up by its caller.
 const QUEUED: u8 = 0;
 const SENT: u8 = 1;
 const ABANDONED: u8 = 2;
