@@ -17,7 +17,7 @@ use tonic::{Code, Streaming};
 const STORED: usize = 200;
 const MESSAGE_BYTES: usize = 60 * 1024;
 const MAX_LISTS: usize = 6;
-const IDLE: Duration = Duration::from_secs(5);
+const IDLE: Duration = Duration::from_secs(8);
 
 /// A List on a connection of its own, with its first message read (so it is surely open).
 async fn open_list(url: &str) -> Result<Streaming<StoredMessage>, tonic::Status> {
