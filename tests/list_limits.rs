@@ -63,16 +63,27 @@ async fn unread_lists_do_not_starve_stores_are_bounded_and_end_when_idle() {
     };
     eventually("both datanodes SERVING", all_serving).await;
 
-    let mut client = store_client(&url).await;
+    // Stored by 8 clients at once, so group commit keeps the set-up short.
     let text = "x".repeat(MESSAGE_BYTES);
-    for i in 0..STORED {
-        client
-            .store(registro::pb::StoreRequest {
-                message: format!("{i} {text}"),
-                request_id: format!("big-{i}"),
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (url, text) = (url.clone(), text.clone());
+            tokio::spawn(async move {
+                let mut client = store_client(&url).await;
+                for i in (w..STORED).step_by(8) {
+                    client
+                        .store(registro::pb::StoreRequest {
+                            message: format!("{i} {text}"),
+                            request_id: format!("big-{i}"),
+                        })
+                        .await
+                        .unwrap();
+                }
             })
-            .await
-            .unwrap();
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
     }
 
     let mut unread = Vec::new();
