@@ -12,17 +12,23 @@ use registro::pb::StoreRequest;
 use registro::pb::store_client::StoreClient;
 use registro::retry::Retry;
 
-/// The exercise's messages, used when no script is given.
+/// The exercise's own messages, in its order, used when no script is given.
 const BUILT_IN: &[&str] = &[
     "Hola",
     "Sistemas",
+    "Mensaje de prueba",
+    "Funciona!",
+    "Saludos",
     "Distribuidos",
+    "Bienvenido",
+    "Mensaje hacia el servidor",
+    "Mensaje de prueba",
+    "Enviado",
+    "Adiós",
     "INF343",
-    "Tarea",
-    "Docker",
-    "gRPC",
-    "Heartbeat",
-    "Datanode",
+    "Sockets",
+    "Enviando mensaje al headnode",
+    "Funciona?",
     "exit",
 ];
 
@@ -43,8 +49,8 @@ pub struct Args {
     /// The client log: one line per reply.
     #[arg(long, env = "REGISTRO_LOG", default_value = "client.log")]
     log: PathBuf,
-    /// Retries of a Store that got UNAVAILABLE (no datanode could take it right now), with the
-    /// same request id, after 100 ms, 200 ms, 400 ms, … (at most 2 s apart); 0 never retries.
+    /// Retries of a Store that got UNAVAILABLE (no datanode could take it right now) or
+    /// RESOURCE_EXHAUSTED (the headnode is busy), with the same request id, after 100 ms, 200 ms, 400 ms, … (at most 2 s apart); 0 never retries.
     #[arg(long, env = "REGISTRO_RETRIES", default_value_t = Retry::default().retries)]
     retries: u32,
 }
@@ -124,17 +130,19 @@ pub async fn run(addr: &str, timeout: Duration, args: Args) -> anyhow::Result<i3
             Ok(reply) => {
                 let receipt = reply.receipt;
                 println!("{receipt}");
-                log.line(format!("{} {receipt}", registro::time::now()));
+                log.append(format!("{} {receipt}", registro::time::now()))
+                    .await;
                 stored += 1;
             }
             Err(status) => {
                 let message = one_line(status.message());
                 eprintln!("error: {:?}: {message}", status.code());
-                log.line(format!(
+                log.append(format!(
                     "{} ERROR {:?} {message}",
                     registro::time::now(),
                     status.code()
-                ));
+                ))
+                .await;
                 failed += 1;
             }
         }
@@ -166,6 +174,40 @@ mod tests {
             lines(&["a", "b", "a", "b", "a"])
         );
         assert!(plan(&lines(&["exit"]), false, Some(3)).is_empty());
+    }
+
+    #[test]
+    fn the_built_in_list_is_the_exercises_in_its_order() {
+        let built_in = lines(BUILT_IN);
+        assert_eq!(
+            plan(&built_in, false, None),
+            lines(&[
+                "Hola",
+                "Sistemas",
+                "Mensaje de prueba",
+                "Funciona!",
+                "Saludos",
+                "Distribuidos",
+                "Bienvenido",
+                "Mensaje hacia el servidor",
+                "Mensaje de prueba",
+                "Enviado",
+                "Adiós",
+                "INF343",
+                "Sockets",
+                "Enviando mensaje al headnode",
+                "Funciona?",
+            ])
+        );
+        assert_eq!(BUILT_IN.last(), Some(&EXIT));
+        for _ in 0..20 {
+            let picked = plan(&built_in, true, None);
+            assert!(
+                picked
+                    .iter()
+                    .all(|m| m != EXIT && BUILT_IN.contains(&m.as_str()))
+            );
+        }
     }
 
     #[test]

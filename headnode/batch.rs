@@ -9,14 +9,29 @@
 //! [`MAX_BATCH_BYTES`]). Under light load a call carries one message and leaves at once, so
 //! batching never adds a wait; under heavy load the calls grow instead of the stream count.
 //!
-//! Every message keeps its own outcome: the datanode answers each one (stored, a repeated
-//! request id, or its own error). A call that fails as a whole (transport, deadline, a datanode
-//! that does not know the call) fails every message in it with UNAVAILABLE, so the caller marks
-//! the datanode down and retries each message elsewhere with its request id.
+//! Load is not failure. Time a message spends in this queue is the headnode's own load and says
+//! nothing about the datanode, so the two waits are kept apart:
 //!
-//! Each message carries its caller's deadline: one that has passed by the time a call leaves is
-//! not sent (the caller has moved on to another datanode), and a call's deadline is the earliest
-//! of its messages'.
+//! - A **call** gets its own deadline, `--forward-timeout` from the moment it is sent. Only a call
+//!   that fails (past that deadline, a transport error, UNAVAILABLE) is the datanode's failure:
+//!   each of its messages gets [`Error::Call`] and the caller marks the datanode down and tries
+//!   another datanode with the same request id.
+//! - A **caller** ([`Caller`]) enforces its own deadline (the client's `grpc-timeout`, if it sent
+//!   one) for its own wait. If it passes, or the client goes away, while the message is still
+//!   queued, the message is never sent and the caller gets [`Error::Expired`]; the datanode is not
+//!   marked down. Once a message has been sent
+//!   it is not withdrawn, and the caller waits for its call's outcome (bounded by the forward
+//!   timeout), so a message cannot be stored here and, after a caller's impatience, elsewhere too.
+//! - The queue is bounded, per datanode, by [`QUEUED_CALLS`] calls' worth of messages and bytes
+//!   for each connection; a full queue refuses at once with [`Error::Full`]. With every call
+//!   bounded by the forward timeout, this also bounds a message's wait in the queue.
+//!
+//! Every message keeps its own outcome: the datanode answers each one (stored, a repeated
+//! request id, or its own error, [`Error::Message`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -32,13 +47,88 @@ const _: () = assert!(MAX_BATCH_MESSAGES <= crate::server::MAX_STORE_BATCH);
 /// Bytes of message text (and request ids) in one call at most; a single larger message goes
 /// alone (the call limit, [`crate::server::MAX_GRPC_BATCH_BYTES`], leaves room for it).
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// How many full calls' worth of Stores may wait for each forward connection: the queue holds
+/// at most `QUEUED_CALLS × MAX_BATCH_MESSAGES` messages and `QUEUED_CALLS × MAX_BATCH_BYTES`
+/// bytes per connection, so a queued Store waits for at most this many calls before its own.
+pub const QUEUED_CALLS: usize = 4;
+
+/// Why a Store did not get a reply from the datanode.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The datanode's queue was full; nothing was queued. Load, not failure.
+    #[error("the forward queue to this datanode is full ({0})")]
+    Full(&'static str),
+    /// The caller gave up (its deadline passed, or it went away) while the message waited in
+    /// the queue; it was not sent.
+    #[error("the caller gave up after {} in the forward queue; not sent", humantime::format_duration(*waited))]
+    Expired { waited: Duration },
+    /// The datanode refused the whole call for load (RESOURCE_EXHAUSTED): not a failure.
+    #[error("the datanode is busy: {0}")]
+    Busy(String),
+    /// The call that carried the message failed as a whole: the datanode's failure. The message
+    /// may or may not be stored there.
+    #[error("{0}")]
+    Call(String),
+    /// The datanode answered this message with an error of its own.
+    #[error("{}", .0.message())]
+    Message(Status),
+}
+
+/// Who waits for a Store: its deadline, and whether it has gone away (the client cancelled, or
+/// tonic ended the call at the client's deadline). Clones share the "gone" flag.
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// When the caller stops waiting, if it said.
+    pub deadline: Option<Instant>,
+    gone: Arc<AtomicBool>,
+}
+
+/// Marks its [`Caller`] gone when dropped; the gRPC handler holds it, so that the moment tonic
+/// drops the handler (cancellation, the client's deadline) a queued Store is no longer sent.
+#[derive(Debug)]
+pub struct GoneOnDrop(Arc<AtomicBool>);
+
+impl Drop for GoneOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl Caller {
+    /// A caller with `deadline`, and the guard that marks it gone.
+    pub fn new(deadline: Option<Instant>) -> (Self, GoneOnDrop) {
+        let gone = Arc::new(AtomicBool::new(false));
+        (
+            Self {
+                deadline,
+                gone: gone.clone(),
+            },
+            GoneOnDrop(gone),
+        )
+    }
+
+    /// Whether the caller has stopped waiting by `now`.
+    fn has_given_up(&self, now: Instant) -> bool {
+        self.gone.load(Ordering::Acquire) || self.deadline.is_some_and(|d| d <= now)
+    }
+}
+
+// Where a queued Store is: still waiting, on its way, or given up by its caller.
+const QUEUED: u8 = 0;
+const SENT: u8 = 1;
+const ABANDONED: u8 = 2;
 
 /// One Store waiting for its call.
 struct Pending {
     request: StoreRequest,
-    /// When its caller stops waiting and tries another datanode.
-    deadline: Instant,
-    reply: oneshot::Sender<Result<StoreReply, Status>>,
+    /// Who waits for it.
+    caller: Caller,
+    /// When it was queued.
+    queued: Instant,
+    /// [`QUEUED`], [`SENT`] or [`ABANDONED`]: the sender and the caller race for it, and the
+    /// first to change it from [`QUEUED`] decides whether it is sent.
+    state: Arc<AtomicU8>,
+    reply: oneshot::Sender<Result<StoreReply, Error>>,
 }
 
 impl Pending {
@@ -47,15 +137,57 @@ impl Pending {
     }
 }
 
+/// How many messages and bytes wait in a queue now; the bounds a new one is checked against.
+struct Occupancy {
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+impl Occupancy {
+    /// Counts one message of `bytes` in, unless the queue is full. A queue with nothing in it
+    /// takes any one message, however large.
+    fn admit(&self, bytes: usize) -> Result<(), Error> {
+        if self.messages.fetch_add(1, Ordering::AcqRel) >= self.max_messages {
+            self.messages.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::Full("messages"));
+        }
+        let before = self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        if before > 0 && before + bytes > self.max_bytes {
+            self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+            self.messages.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::Full("bytes"));
+        }
+        Ok(())
+    }
+
+    /// Counts one message of `bytes` out.
+    fn release(&self, bytes: usize) {
+        self.messages.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
 /// The queue of Stores bound for one datanode, and the task that sends them.
 pub struct Batcher {
     queue: mpsc::UnboundedSender<Pending>,
+    /// The queue's bound: the channel is unbounded, [`Occupancy::admit`] bounds it.
+    occupancy: Arc<Occupancy>,
 }
 
 impl Batcher {
-    /// Starts the sending task on `channels`, with one call out on each at a time. The task ends
-    /// when the batcher is dropped and its queue is empty.
-    pub fn new(channels: Vec<Channel>) -> Self {
+    /// Starts the sending task on `channels`, with one call out on each at a time, each call
+    /// given `forward_timeout` from when it is sent. The task ends when the batcher is dropped
+    /// and its queue is empty.
+    pub fn new(channels: Vec<Channel>, forward_timeout: Duration) -> Self {
+        let connections = channels.len().max(1);
+        let occupancy = Arc::new(Occupancy {
+            messages: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            max_messages: QUEUED_CALLS * MAX_BATCH_MESSAGES * connections,
+            max_bytes: QUEUED_CALLS * MAX_BATCH_BYTES * connections,
+        });
         let (queue, rx) = mpsc::unbounded_channel();
         let clients = channels
             .into_iter()
@@ -65,27 +197,52 @@ impl Batcher {
                     .max_encoding_message_size(crate::server::MAX_GRPC_BATCH_BYTES)
             })
             .collect();
-        tokio::spawn(send_batches(rx, clients));
-        Self { queue }
+        tokio::spawn(send_batches(
+            rx,
+            clients,
+            occupancy.clone(),
+            forward_timeout,
+        ));
+        Self { queue, occupancy }
     }
 
-    /// Stores one message through the next call to this datanode, unless `deadline` passes
-    /// first (the caller enforces it; past it the message is not sent).
-    pub async fn store(
-        &self,
-        request: StoreRequest,
-        deadline: Instant,
-    ) -> Result<StoreReply, Status> {
-        let (reply, rx) = oneshot::channel();
-        self.queue
-            .send(Pending {
-                request,
-                deadline,
-                reply,
-            })
-            .map_err(|_| Status::unavailable("the datanode's forward queue is closed"))?;
-        rx.await
-            .unwrap_or_else(|_| Err(Status::unavailable("the forward was dropped unanswered")))
+    /// Stores one message through the next call to this datanode. A `caller` that gives up
+    /// (its deadline, or gone) while the message is still queued stops it from being sent; once
+    /// sent, the call's outcome is awaited whatever the caller does.
+    pub async fn store(&self, request: StoreRequest, caller: &Caller) -> Result<StoreReply, Error> {
+        let deadline = caller.deadline;
+        let (reply, mut rx) = oneshot::channel();
+        let state = Arc::new(AtomicU8::new(QUEUED));
+        let queued = Instant::now();
+        let pending = Pending {
+            request,
+            caller: caller.clone(),
+            queued,
+            state: state.clone(),
+            reply,
+        };
+        let bytes = pending.bytes();
+        self.occupancy.admit(bytes)?;
+        if self.queue.send(pending).is_err() {
+            self.occupancy.release(bytes);
+            return Err(Error::Call("the datanode's forward queue is closed".into()));
+        }
+        let dropped = || Error::Call("the forward was dropped unanswered".into());
+        if let Some(deadline) = deadline
+            && let Ok(answer) = tokio::time::timeout_at(deadline, &mut rx).await
+        {
+            return answer.unwrap_or_else(|_| Err(dropped()));
+        }
+        if deadline.is_some()
+            && state
+                .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            return Err(Error::Expired {
+                waited: queued.elapsed(),
+            });
+        }
+        rx.await.unwrap_or_else(|_| Err(dropped()))
     }
 }
 
@@ -94,6 +251,8 @@ impl Batcher {
 async fn send_batches(
     mut rx: mpsc::UnboundedReceiver<Pending>,
     clients: Vec<DatanodeClient<Channel>>,
+    occupancy: Arc<Occupancy>,
+    forward_timeout: Duration,
 ) {
     // The connections with no call out; a call gives its connection back when it ends.
     let (idle_tx, mut idle) = mpsc::unbounded_channel();
@@ -114,10 +273,12 @@ async fn send_batches(
                 None => return,
             },
         };
+        occupancy.release(first.bytes());
         let mut bytes = first.bytes();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH_MESSAGES {
             let Ok(p) = rx.try_recv() else { break };
+            occupancy.release(p.bytes());
             if bytes + p.bytes() > MAX_BATCH_BYTES {
                 carried = Some(p);
                 break;
@@ -125,38 +286,56 @@ async fn send_batches(
             bytes += p.bytes();
             batch.push(p);
         }
-        // A Store whose caller gave up (its deadline passed) is being retried elsewhere:
-        // sending it here too would only make an unacknowledged copy.
+        // Only what is still wanted leaves: a message whose caller gave up (or went away) is not
+        // sent, so it cannot be stored here after its caller was told it was not.
         let now = Instant::now();
-        batch.retain(|p| !p.reply.is_closed() && p.deadline > now);
-        let Some(deadline) = batch.iter().map(|p| p.deadline).min() else {
+        let mut wanted = Vec::with_capacity(batch.len());
+        for p in batch {
+            let expired = p.caller.has_given_up(now)
+                && p.state
+                    .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok();
+            if expired {
+                let waited = now.saturating_duration_since(p.queued);
+                let _ = p.reply.send(Err(Error::Expired { waited }));
+            } else if p
+                .state
+                .compare_exchange(QUEUED, SENT, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                wanted.push(p);
+            }
+            // Otherwise its caller abandoned it, and already has its answer.
+        }
+        let batch = wanted;
+        if batch.is_empty() {
             let _ = idle_tx.send(client);
             continue;
-        };
+        }
         let idle_tx = idle_tx.clone();
         tokio::spawn(async move {
-            let client = send(client, batch, deadline).await;
+            let client = send(client, batch, forward_timeout).await;
             // The receiver is gone only when the sending task has ended.
             let _ = idle_tx.send(client);
         });
     }
 }
 
-/// One call, answered by `deadline`: every message in `batch` gets its own outcome. Returns
+/// One call, with `timeout` from now: every message in `batch` gets its own outcome. Returns
 /// the client for the next call.
 async fn send(
     mut client: DatanodeClient<Channel>,
     batch: Vec<Pending>,
-    deadline: Instant,
+    timeout: Duration,
 ) -> DatanodeClient<Channel> {
     let (requests, replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|p| (p.request, p.reply)).unzip();
     let sent = requests.len();
     let answer =
-        tokio::time::timeout_at(deadline, client.store_batch(StoreBatchRequest { requests })).await;
-    // Whatever failed the whole call says nothing about the messages: UNAVAILABLE, so each is
-    // retried on another datanode.
-    let status = match answer {
+        tokio::time::timeout(timeout, client.store_batch(StoreBatchRequest { requests })).await;
+    // Whatever failed the whole call says nothing about the messages: each is retried on
+    // another datanode.
+    let error = match answer {
         Ok(Ok(reply)) => {
             let results = reply.into_inner().results;
             if results.len() == sent {
@@ -165,32 +344,38 @@ async fn send(
                 }
                 return client;
             }
-            Status::unavailable(format!(
+            format!(
                 "the datanode answered {} results for {sent} messages",
                 results.len()
-            ))
+            )
         }
-        Ok(Err(status)) => Status::unavailable(format!(
-            "StoreBatch failed: {:?}: {}",
-            status.code(),
-            status.message()
-        )),
-        Err(_) => Status::unavailable("no reply before the forward deadline"),
+        Ok(Err(status)) if status.code() == Code::ResourceExhausted => {
+            let busy = Error::Busy(super::probe::describe(&status));
+            for reply in replies {
+                let _ = reply.send(Err(busy.clone()));
+            }
+            return client;
+        }
+        Ok(Err(status)) => format!("StoreBatch failed: {}", super::probe::describe(&status)),
+        Err(_) => format!(
+            "no reply within the forward timeout ({}) of the call",
+            humantime::format_duration(timeout)
+        ),
     };
     for reply in replies {
-        let _ = reply.send(Err(status.clone()));
+        let _ = reply.send(Err(Error::Call(error.clone())));
     }
     client
 }
 
 /// One message's outcome as the datanode reported it.
-fn outcome(result: StoreResult) -> Result<StoreReply, Status> {
+fn outcome(result: StoreResult) -> Result<StoreReply, Error> {
     match (Code::from_i32(result.code), result.reply) {
         (Code::Ok, Some(reply)) => Ok(reply),
-        (Code::Ok, None) => Err(Status::unknown(
+        (Code::Ok, None) => Err(Error::Message(Status::unknown(
             "the datanode reported success without a reply",
-        )),
-        (code, _) => Err(Status::new(code, result.error)),
+        ))),
+        (code, _) => Err(Error::Message(Status::new(code, result.error))),
     }
 }
 
@@ -210,17 +395,40 @@ mod tests {
             error: String::new(),
         };
         assert_eq!(outcome(ok).unwrap(), reply);
-        let full = outcome(StoreResult {
+        let Err(Error::Message(full)) = outcome(StoreResult {
             reply: None,
             code: Code::Unavailable as i32,
             error: "disk full".into(),
-        })
-        .unwrap_err();
+        }) else {
+            panic!("a message error");
+        };
         assert_eq!(
             (full.code(), full.message()),
             (Code::Unavailable, "disk full")
         );
-        let empty = outcome(StoreResult::default()).unwrap_err();
+        let Err(Error::Message(empty)) = outcome(StoreResult::default()) else {
+            panic!("a message error");
+        };
         assert_eq!(empty.code(), Code::Unknown);
+    }
+
+    #[test]
+    fn a_queue_is_bounded_in_messages_and_bytes_but_takes_one_of_any_size() {
+        let q = Occupancy {
+            messages: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            max_messages: 3,
+            max_bytes: 100,
+        };
+        q.admit(1000).unwrap();
+        assert!(matches!(q.admit(1), Err(Error::Full("bytes"))));
+        q.release(1000);
+        q.admit(40).unwrap();
+        q.admit(40).unwrap();
+        assert!(matches!(q.admit(40), Err(Error::Full("bytes"))));
+        q.admit(10).unwrap();
+        assert!(matches!(q.admit(1), Err(Error::Full("messages"))));
+        assert_eq!(q.messages.load(Ordering::SeqCst), 3);
+        assert_eq!(q.bytes.load(Ordering::SeqCst), 90);
     }
 }

@@ -35,13 +35,27 @@ impl HeartbeatService {
     }
 }
 
-fn check_name(name: &str) -> Result<(), Status> {
-    if name.is_empty()
-        || name.len() > 253
-        || name.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
+/// The longest datanode name accepted at Register (a DNS name's limit).
+pub const MAX_NAME_BYTES: usize = 253;
+
+/// A datanode name is what a host name may be: 1 to [`MAX_NAME_BYTES`] ASCII letters, digits,
+/// `.`, `-` and `_`. Names reach the heartbeat log, the registro log and Status; anything else
+/// (spaces, newlines, control or non-ASCII characters) could forge or shift a log line.
+pub fn check_name(name: &str) -> Result<(), Status> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    if name.is_empty() || name.len() > MAX_NAME_BYTES || !name.chars().all(allowed) {
         return Err(Status::invalid_argument(format!(
-            "datanode name {name:?} must be 1 to 253 characters without spaces"
+            "datanode name {name:?} must be 1 to {MAX_NAME_BYTES} ASCII letters, digits, '.', '-' or '_'"
+        )));
+    }
+    Ok(())
+}
+
+/// A registered address is `host:port` in printable ASCII (it reaches the same logs as a name).
+fn check_address(address: &str) -> Result<(), Status> {
+    if address.len() > MAX_NAME_BYTES + 6 || !address.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(Status::invalid_argument(format!(
+            "datanode address {address:?} must be host:port in printable ASCII"
         )));
     }
     Ok(())
@@ -55,6 +69,7 @@ impl pb::heartbeat_server::Heartbeat for HeartbeatService {
     ) -> Result<Response<RegisterReply>, Status> {
         let RegisterRequest { name, address } = request.into_inner();
         check_name(&name)?;
+        check_address(&address)?;
         let (outcome, node) = self
             .pool
             .register(&name, &address)
@@ -109,5 +124,40 @@ impl pb::heartbeat_server::Heartbeat for HeartbeatService {
             })
             .collect();
         Ok(Response::new(StatusReply { datanodes }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_host_names() {
+        for good in [
+            "datanode1",
+            "datanode-0.datanode.default.svc",
+            "d_1",
+            &"a".repeat(253),
+        ] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "two words",
+            "line\n2026-01-01T00:00:00.000Z forged SERVING",
+            "tab\t",
+            "ñandú",
+            "127.0.0.1:6001",
+            &"a".repeat(254),
+        ] {
+            assert_eq!(
+                check_name(bad).unwrap_err().code(),
+                tonic::Code::InvalidArgument,
+                "{bad:?}"
+            );
+        }
+        assert!(check_address("10.0.0.1:6000").is_ok());
+        assert!(check_address("host:1\nforged").is_err());
+        assert!(check_address("host:\u{1b}[2J").is_err());
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use registro::config::parse_duration;
-use registro::headnode::{self, DEFAULT_DATANODE_CONNECTIONS};
+use registro::headnode::{self, DEFAULT_DATANODE_CONNECTIONS, store};
 
 /// The registro headnode: forwards each Store to a random healthy datanode, probes every datanode
 /// with the gRPC health protocol, and writes the registro and heartbeat logs.
@@ -30,9 +30,18 @@ struct Args {
     /// The registro log: one line per stored message.
     #[arg(long, env = "REGISTRO_REGISTRO_LOG", default_value = "registro.log")]
     registro_log: PathBuf,
-    /// How long one forward to a datanode may take before another datanode is tried.
+    /// How long one forward call to a datanode may take, from when it is sent, before the
+    /// datanode is marked down and its messages go to another (time queued in the headnode
+    /// before the call does not count: that is load, not the datanode's failure).
     #[arg(long, env = "REGISTRO_FORWARD_TIMEOUT", default_value = "500ms", value_parser = parse_duration)]
     forward_timeout: Duration,
+    /// List streams open at once; more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "REGISTRO_MAX_LISTS", default_value_t = store::DEFAULT_MAX_LISTS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_lists: usize,
+    /// A List stream whose reader takes nothing (or whose datanodes send nothing) for this long
+    /// ends with DEADLINE_EXCEEDED.
+    #[arg(long, env = "REGISTRO_LIST_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    list_idle_timeout: Duration,
     /// HTTP/2 connections opened to each datanode for forwards, each carrying one batch of
     /// Stores at a time (probes use one more).
     #[arg(long, env = "REGISTRO_DATANODE_CONNECTIONS", default_value_t = DEFAULT_DATANODE_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
@@ -61,6 +70,10 @@ async fn main() -> anyhow::Result<()> {
         max_message_bytes: args.common.max_message_bytes,
         dedupe: args.common.dedupe_limits(),
         limits: args.common.limits.limits(),
+        lists: store::ListLimits {
+            max_open: args.max_lists,
+            idle_timeout: args.list_idle_timeout,
+        },
         shutdown_grace: args.common.shutdown_grace,
     };
     let grace = config.shutdown_grace;

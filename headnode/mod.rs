@@ -39,7 +39,8 @@ pub struct Config {
     pub heartbeat_timeout: Duration,
     pub heartbeat_log: PathBuf,
     pub registro_log: PathBuf,
-    /// Deadline of one forward to a datanode.
+    /// Deadline of one forward call to a datanode, from when the call is sent (time queued
+    /// before it does not count).
     pub forward_timeout: Duration,
     /// HTTP/2 connections the headnode opens to each datanode for forwards.
     pub datanode_connections: usize,
@@ -48,6 +49,8 @@ pub struct Config {
     pub dedupe: crate::dedupe::Limits,
     /// Transport limits of the listener.
     pub limits: crate::limits::Limits,
+    /// Bounds of List streams.
+    pub lists: store::ListLimits,
     pub shutdown_grace: Duration,
 }
 
@@ -64,6 +67,7 @@ impl Default for Config {
             max_message_bytes: server::DEFAULT_MAX_MESSAGE_BYTES,
             dedupe: Default::default(),
             limits: Default::default(),
+            lists: Default::default(),
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -109,6 +113,8 @@ pub async fn serve(
     let pool = Arc::new(Pool::new(
         config.heartbeat_timeout,
         config.datanode_connections,
+        config.forward_timeout,
+        config.lists.max_open,
     ));
     for address in &config.datanodes {
         pool.add_static(address).map_err(Error::Datanode)?;
@@ -131,7 +137,7 @@ pub async fn serve(
         registro_log.clone(),
         config.dedupe,
         config.max_message_bytes,
-        config.forward_timeout,
+        config.lists,
     );
     let heartbeat = heartbeat::HeartbeatService::new(
         pool.clone(),
@@ -150,13 +156,19 @@ pub async fn serve(
         heartbeat_log.clone(),
         config.heartbeat_interval,
         config.heartbeat_timeout,
-        stop_rx.clone(),
+        stop_rx,
     ));
-    tasks.spawn(follow_readiness(pool.clone(), health.clone(), stop_rx));
+    let readiness = Readiness::follow(pool.clone(), health.clone());
 
     if let Ok(local) = listener.local_addr() {
         tracing::info!("listening on {local}");
     }
+    // The readiness follower stops before the shutdown sequence turns health NOT_SERVING, so
+    // nothing can turn it back to SERVING while the headnode drains.
+    let shutdown = async move {
+        shutdown.await;
+        readiness.stop().await;
+    };
     let result = server::serve(
         router,
         &tracker,
@@ -177,11 +189,33 @@ pub async fn serve(
     Ok(result?)
 }
 
-/// Keeps `registro.v1.Store` SERVING exactly while at least one datanode is.
+/// The task that keeps `registro.v1.Store` SERVING exactly while at least one datanode is.
+struct Readiness {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Readiness {
+    /// Starts following `pool` into `health`.
+    fn follow(pool: Arc<Pool>, health: Health) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(follow_readiness(pool, health, stopped));
+        Self { stop, task }
+    }
+
+    /// Stops following; once this returns the follower has ended and sets nothing any more.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        if let Err(e) = self.task.await {
+            tracing::error!(error = %e, "readiness follower failed");
+        }
+    }
+}
+
 async fn follow_readiness(
     pool: Arc<Pool>,
     health: Health,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut serving = pool.serving();
     loop {
@@ -189,7 +223,74 @@ async fn follow_readiness(
         health.set(crate::STORE_SERVICE, count > 0).await;
         tokio::select! {
             changed = serving.changed() => if changed.is_err() { return },
-            _ = stop.wait_for(|stopped| *stopped) => return,
+            _ = &mut stop => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pool::ProbeResult;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    /// What a health client on `url` hears about `registro.v1.Store`.
+    async fn store_status(url: &str) -> Result<ServingStatus, tonic::Code> {
+        let channel = crate::config::lazy_channel(url, Duration::from_secs(1)).unwrap();
+        let mut client = HealthClient::new(channel);
+        client
+            .check(HealthCheckRequest {
+                service: crate::STORE_SERVICE.into(),
+            })
+            .await
+            .map(|r| r.into_inner().status())
+            .map_err(|s| s.code())
+    }
+
+    /// Once stopped, the readiness follower leaves health alone: a datanode turning SERVING
+    /// during the drain cannot make a shutting-down headnode report SERVING again.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_draining_headnode_never_reports_serving_again() {
+        let (health, service) = Health::new(&[crate::STORE_SERVICE]).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let pool = Arc::new(Pool::new(
+            Duration::from_millis(100),
+            1,
+            Duration::from_secs(1),
+            1,
+        ));
+        pool.add_static("127.0.0.1:1").unwrap();
+        let node = pool.get("127.0.0.1:1").unwrap();
+        let readiness = Readiness::follow(pool.clone(), health.clone());
+        pool.record_probe(&node, &ProbeResult::Serving(Duration::ZERO));
+        let mut serving = false;
+        for _ in 0..200 {
+            if store_status(&url).await == Ok(ServingStatus::Serving) {
+                serving = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(serving, "the follower reports a SERVING datanode");
+
+        // The shutdown sequence: the follower first, then health.
+        readiness.stop().await;
+        health.set(crate::STORE_SERVICE, false).await;
+        pool.mark_down(&node, "gone");
+        pool.record_probe(&node, &ProbeResult::Serving(Duration::ZERO));
+        // Let any task still following the pool run (this runtime has one thread, so they run
+        // here, in order) before looking.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(store_status(&url).await, Ok(ServingStatus::NotServing));
     }
 }

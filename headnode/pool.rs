@@ -2,20 +2,25 @@
 //! and the one routing decision ([`Pool::choose`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rand::seq::IndexedRandom;
 use tokio::sync::watch;
-use tonic::Status;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
-use super::batch::Batcher;
+use super::batch::{self, Batcher};
 use crate::pb::store_client::StoreClient;
 use crate::pb::{StoreReply, StoreRequest};
+
+/// The HTTP/2 flow-control window of one List stream from a datanode: the most a List whose
+/// reader is slow holds in the headnode per datanode.
+pub const LIST_STREAM_WINDOW: u32 = 256 * 1024;
+/// The largest window HTTP/2 allows.
+const MAX_WINDOW: u32 = (1 << 31) - 1;
 
 /// How a datanode looked the last time anyone checked: the words of the heartbeat log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,12 +77,12 @@ pub struct Datanode {
     pub address: String,
     /// True when it announced itself; false when it came from `--datanodes`.
     pub registered: bool,
-    /// HTTP/2 connections for forwards (the batcher keeps one call out on each) and List.
-    forward_channels: Vec<Channel>,
-    /// The next forward connection for a List.
-    next_forward: AtomicUsize,
-    /// Stores bound here, sent in batches over the forward connections.
+    /// Stores bound here, sent in batches over HTTP/2 connections of their own (the batcher
+    /// keeps one call out on each).
     batcher: Batcher,
+    /// A connection of its own for List, so that streams a slow reader leaves unread (holding
+    /// flow-control window) cannot stall forwards.
+    list_channel: Channel,
     /// A connection of its own for health probes and the Watch stream, so a probe never queues
     /// behind forwards.
     health_channel: Channel,
@@ -93,6 +98,8 @@ impl Datanode {
         registered: bool,
         connect_timeout: Duration,
         connections: usize,
+        forward_timeout: Duration,
+        max_lists: usize,
     ) -> Result<Self, String> {
         crate::config::check_host_port(&address)?;
         let channel =
@@ -101,11 +108,21 @@ impl Datanode {
             .map(|_| channel())
             .collect::<Result<_, _>>()?;
         let health_channel = channel()?;
+        // Every List stream may hold its whole window unread, and the connection's window is
+        // room for all of them: a reader that stops cannot take another List's share.
+        let list_window = u32::try_from(max_lists.max(1))
+            .unwrap_or(u32::MAX)
+            .saturating_mul(LIST_STREAM_WINDOW)
+            .min(MAX_WINDOW);
+        let list_channel = crate::config::endpoint(&address, connect_timeout)
+            .map_err(|e| e.to_string())?
+            .initial_stream_window_size(LIST_STREAM_WINDOW)
+            .initial_connection_window_size(list_window)
+            .connect_lazy();
         Ok(Self {
             name,
-            batcher: Batcher::new(forward_channels.clone()),
-            forward_channels,
-            next_forward: AtomicUsize::new(0),
+            batcher: Batcher::new(forward_channels, forward_timeout),
+            list_channel,
             health_channel,
             address,
             registered,
@@ -119,20 +136,19 @@ impl Datanode {
         })
     }
 
-    /// Stores one message on this datanode, in the next batch sent to it, unless `deadline`
-    /// passes first.
+    /// Stores one message on this datanode, in the next batch sent to it; a `caller` that gives
+    /// up while the message is still queued stops it (see [`Batcher::store`]).
     pub async fn store(
         &self,
         request: StoreRequest,
-        deadline: tokio::time::Instant,
-    ) -> Result<StoreReply, Status> {
-        self.batcher.store(request, deadline).await
+        caller: &batch::Caller,
+    ) -> Result<StoreReply, batch::Error> {
+        self.batcher.store(request, caller).await
     }
 
-    /// A Store client on the next of this datanode's forward connections.
-    pub fn store_client(&self) -> StoreClient<Channel> {
-        let i = self.next_forward.fetch_add(1, Ordering::Relaxed) % self.forward_channels.len();
-        StoreClient::new(self.forward_channels[i].clone())
+    /// A Store client on this datanode's List connection.
+    pub fn list_client(&self) -> StoreClient<Channel> {
+        StoreClient::new(self.list_channel.clone())
             .max_decoding_message_size(crate::server::MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(crate::server::MAX_GRPC_MESSAGE_BYTES)
     }
@@ -187,18 +203,30 @@ pub struct Pool {
     connect_timeout: Duration,
     /// Forward connections per datanode.
     connections: usize,
+    /// Deadline of one forward call, from when it is sent.
+    forward_timeout: Duration,
+    /// Lists open at once, for the List connections' windows.
+    max_lists: usize,
     /// How many members are SERVING; the headnode's readiness follows it.
     serving: watch::Sender<usize>,
 }
 
 impl Pool {
     /// An empty pool that opens `connections` forward connections to each datanode (plus one
-    /// for probes); connecting gives up after `connect_timeout`.
-    pub fn new(connect_timeout: Duration, connections: usize) -> Self {
+    /// for probes and one for up to `max_lists` Lists); connecting gives up after
+    /// `connect_timeout`, a forward call after `forward_timeout`.
+    pub fn new(
+        connect_timeout: Duration,
+        connections: usize,
+        forward_timeout: Duration,
+        max_lists: usize,
+    ) -> Self {
         Self {
             members: RwLock::new(BTreeMap::new()),
             connect_timeout,
             connections,
+            forward_timeout,
+            max_lists,
             serving: watch::Sender::new(0),
         }
     }
@@ -213,6 +241,8 @@ impl Pool {
             false,
             self.connect_timeout,
             self.connections,
+            self.forward_timeout,
+            self.max_lists,
         )?;
         self.write().insert(name, Arc::new(node));
         Ok(())
@@ -236,6 +266,8 @@ impl Pool {
             true,
             self.connect_timeout,
             self.connections,
+            self.forward_timeout,
+            self.max_lists,
         )?);
         let outcome = match members.insert(name.to_string(), node.clone()) {
             Some(old) => Registration::Moved {
@@ -354,7 +386,7 @@ mod tests {
     use super::*;
 
     fn pool() -> Pool {
-        Pool::new(Duration::from_millis(100), 2)
+        Pool::new(Duration::from_millis(100), 2, Duration::from_millis(500), 4)
     }
 
     #[tokio::test]

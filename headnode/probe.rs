@@ -22,7 +22,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use super::pool::{Datanode, Liveness, Pool, ProbeResult};
-use crate::logfile::LogFile;
+use crate::logfile::{LogFile, field};
 
 /// The first early round's delay while no datanode is SERVING; each one after waits twice as
 /// long, up to the heartbeat interval.
@@ -145,8 +145,8 @@ async fn watch(pool: Arc<Pool>, log: LogFile, member: Arc<Datanode>) {
                     log.line(format!(
                         "{} {} {} NOT_SERVING health watch",
                         crate::time::now(),
-                        member.name,
-                        member.address
+                        field(&member.name),
+                        field(&member.address)
                     ));
                 }
             }
@@ -241,7 +241,11 @@ pub fn format_line(ts: &str, name: &str, address: &str, result: &ProbeResult) ->
         ProbeResult::NotServing(latency) => ("NOT_SERVING", format_latency(*latency)),
         ProbeResult::Unreachable(error) => ("UNREACHABLE", error.clone()),
     };
-    format!("{ts} {name} {address} {status} {detail}")
+    let (name, address) = (field(name), field(address));
+    format!(
+        "{ts} {name} {address} {status} {}",
+        crate::one_line(&detail)
+    )
 }
 
 fn format_latency(latency: Duration) -> String {
@@ -272,6 +276,21 @@ mod tests {
                 &ProbeResult::Unreachable("Unavailable: connection refused".into())
             ),
             "2026-11-23T10:00:00.000Z d h:1 UNREACHABLE Unavailable: connection refused"
+        );
+    }
+
+    #[test]
+    fn a_name_or_an_error_cannot_forge_a_heartbeat_line() {
+        let line = format_line(
+            "ts",
+            "d\nts forged SERVING",
+            "h:1 x",
+            &ProbeResult::Unreachable("refused\nts other UNREACHABLE".into()),
+        );
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert_eq!(
+            line,
+            r"ts d\nts\u{20}forged\u{20}SERVING h:1\u{20}x UNREACHABLE refused ts other UNREACHABLE"
         );
     }
 }

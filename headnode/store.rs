@@ -1,24 +1,73 @@
 //! The headnode's `registro.v1.Store`: validates, deduplicates by request id, forwards to a
 //! random healthy datanode with failover, and writes the registro log. `List` merges every
 //! reachable datanode's stream, oldest first.
+//!
+//! Failover follows [`crate::retry::is_retryable`]: a forward whose call failed (the datanode's
+//! own failure, see [`super::batch`]) or that a datanode answered UNAVAILABLE marks that datanode
+//! down and goes to the next with the same request id; RESOURCE_EXHAUSTED and a full forward
+//! queue are load, so the next datanode is tried without marking anyone down. A Store whose
+//! caller's deadline passed while it was still queued was never sent: DEADLINE_EXCEEDED.
+//!
+//! List is kept from starving Stores: it runs on a connection of its own to each datanode (never
+//! the forward or probe connections), at most `--max-lists` run at once (RESOURCE_EXHAUSTED
+//! beyond), its output to the reader is a bounded buffer of [`LIST_BUFFER`] messages, and a
+//! stream whose reader takes nothing (or whose datanode sends nothing) for `--list-idle-timeout`
+//! (default [`DEFAULT_LIST_IDLE_TIMEOUT`]) ends with DEADLINE_EXCEEDED, releasing its datanode
+//! streams.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use super::batch;
 use super::pool::{Datanode, Pool};
 use super::probe::describe;
 use crate::dedupe::{self, Dedupe, Outcome};
-use crate::logfile::LogFile;
+use crate::logfile::{LogFile, field};
 use crate::pb::{self, ListRequest, StoreReply, StoreRequest, StoredMessage};
+
+/// Messages a List's merge may have ready for a slow reader; past them it waits (up to the idle
+/// timeout) instead of reading more from the datanodes.
+pub const LIST_BUFFER: usize = 64;
+/// The default `--list-idle-timeout`.
+pub const DEFAULT_LIST_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default `--max-lists`: List streams open on a headnode at once.
+pub const DEFAULT_MAX_LISTS: usize = 64;
+
+/// How List streams are bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListLimits {
+    /// Lists open at once; more get RESOURCE_EXHAUSTED.
+    pub max_open: usize,
+    /// A stream whose reader or datanodes are idle this long ends.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ListLimits {
+    fn default() -> Self {
+        Self {
+            max_open: DEFAULT_MAX_LISTS,
+            idle_timeout: DEFAULT_LIST_IDLE_TIMEOUT,
+        }
+    }
+}
 
 /// The headnode's Store service.
 pub struct StoreService {
     forwarder: Arc<Forwarder>,
     pool: Arc<Pool>,
     max_message_bytes: usize,
+    /// One permit per open List stream.
+    lists: Arc<Semaphore>,
+    list_limits: ListLimits,
 }
 
 /// What a Store needs after validation; shared with the task each Store runs in.
@@ -28,8 +77,6 @@ struct Forwarder {
     registro_log: LogFile,
     /// Request id → first reply: a repeat must not land on another datanode.
     dedupe: Dedupe<StoreReply>,
-    /// Deadline of one forward; past it the datanode is marked down and another is tried.
-    forward_timeout: Duration,
 }
 
 impl StoreService {
@@ -38,17 +85,18 @@ impl StoreService {
         registro_log: LogFile,
         dedupe: dedupe::Limits,
         max_message_bytes: usize,
-        forward_timeout: Duration,
+        list_limits: ListLimits,
     ) -> Self {
         Self {
             forwarder: Arc::new(Forwarder {
                 pool: pool.clone(),
                 registro_log,
                 dedupe: Dedupe::new(dedupe),
-                forward_timeout,
             }),
             pool,
             max_message_bytes,
+            lists: Arc::new(Semaphore::new(list_limits.max_open.max(1))),
+            list_limits,
         }
     }
 }
@@ -59,56 +107,70 @@ impl Forwarder {
         &self,
         message: String,
         request_id: String,
+        caller: batch::Caller,
     ) -> Result<Outcome<StoreReply>, Status> {
         self.dedupe
             .run(&request_id, &message, || async {
-                let (reply, _node) = self.forward(&message, &request_id).await?;
+                let reply = self.forward(&message, &request_id, &caller).await?;
+                // The registro log is the record of stored messages: wait for room in its
+                // queue rather than lose a line (see `LogFile::append`).
                 self.registro_log
-                    .line(registro_line(&crate::time::now(), &reply, &message));
+                    .append(registro_line(&crate::time::now(), &reply, &message))
+                    .await;
                 Ok::<_, Status>(reply)
             })
             .await
     }
 
-    /// Forwards to a random SERVING datanode; on a failure that says nothing about the request
-    /// itself (transport, UNAVAILABLE, deadline), marks that datanode down and tries another.
+    /// Forwards to a random SERVING datanode; on a datanode's failure marks it down and tries
+    /// another, on its load tries another (see the module docs).
     async fn forward(
         &self,
         message: &str,
         request_id: &str,
-    ) -> Result<(StoreReply, Arc<Datanode>), Status> {
+        caller: &batch::Caller,
+    ) -> Result<StoreReply, Status> {
         let mut tried: Vec<String> = Vec::new();
+        // Datanodes that refused for load: their names, for the final error.
+        let mut busy: Vec<String> = Vec::new();
         loop {
             let Some(node) = self.pool.choose(&tried) else {
-                return Err(Status::unavailable(if tried.is_empty() {
-                    "no healthy datanode: none has passed its last health check".to_string()
-                } else {
-                    format!(
-                        "no healthy datanode: forwards to {} failed",
-                        tried.join(", ")
-                    )
-                }));
+                return Err(no_datanode(&tried, &busy));
             };
             let request = StoreRequest {
                 message: message.to_string(),
                 request_id: request_id.to_string(),
             };
-            // The deadline covers the wait in the datanode's batch queue and the call. It is
-            // enforced here, not sent along: a datanode that got the request finishes it (and
-            // remembers its request id) even after we have moved on.
-            let deadline = tokio::time::Instant::now() + self.forward_timeout;
-            let error = match tokio::time::timeout_at(deadline, node.store(request, deadline)).await
-            {
-                Ok(Ok(reply)) => {
+            let error = match node.store(request, caller).await {
+                Ok(reply) => {
                     node.count_routed();
-                    return Ok((reply, node));
+                    return Ok(reply);
                 }
-                Ok(Err(status)) if !is_retryable(status.code()) => return Err(status),
-                Ok(Err(status)) => describe(&status),
-                Err(_) => format!(
-                    "no reply within {}",
-                    humantime::format_duration(self.forward_timeout)
-                ),
+                Err(batch::Error::Expired { waited }) => {
+                    return Err(Status::deadline_exceeded(format!(
+                        "the caller gave up (its deadline passed, or it went away) after {} in the headnode's queue for {}; the message was not sent and is not stored",
+                        humantime::format_duration(waited),
+                        node.name
+                    )));
+                }
+                Err(e @ (batch::Error::Full(_) | batch::Error::Busy(_))) => {
+                    tracing::debug!(datanode = %node.name, error = %e, "datanode busy; trying another");
+                    busy.push(node.name.clone());
+                    tried.push(node.name.clone());
+                    continue;
+                }
+                Err(batch::Error::Message(status))
+                    if !crate::retry::is_retryable(status.code()) =>
+                {
+                    return Err(status);
+                }
+                Err(batch::Error::Message(status)) if status.code() == Code::ResourceExhausted => {
+                    busy.push(node.name.clone());
+                    tried.push(node.name.clone());
+                    continue;
+                }
+                Err(batch::Error::Message(status)) => describe(&status),
+                Err(batch::Error::Call(error)) => error,
             };
             tracing::warn!(datanode = %node.name, error = %error, "forward failed; marking the datanode down and trying another");
             self.pool.mark_down(&node, &error);
@@ -117,28 +179,64 @@ impl Forwarder {
     }
 }
 
-/// Failures of the datanode or the path to it, not of the request: worth another datanode.
-fn is_retryable(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable
-            | Code::DeadlineExceeded
-            | Code::Cancelled
-            | Code::Unknown
-            | Code::Aborted
-    )
+/// The error when no datanode is left to try.
+fn no_datanode(tried: &[String], busy: &[String]) -> Status {
+    if !busy.is_empty() {
+        return Status::resource_exhausted(format!(
+            "every datanode is busy (a full forward queue, or the datanode shedding load): {}; retry after a back-off",
+            busy.join(", ")
+        ));
+    }
+    Status::unavailable(if tried.is_empty() {
+        "no healthy datanode: none has passed its last health check".to_string()
+    } else {
+        format!(
+            "no healthy datanode: forwards to {} failed",
+            tried.join(", ")
+        )
+    })
 }
 
-/// The registro-log line of one stored message; the message is a JSON string so the line
-/// never breaks.
+/// The caller's deadline, from the `grpc-timeout` header a gRPC client sends when it has one
+/// (the gRPC over HTTP/2 spec: up to 8 digits and a unit). tonic enforces it on the handler; the
+/// Store's own task, which outlives the handler, needs it to know when to stop waiting.
+fn caller_deadline(metadata: &MetadataMap) -> Option<Instant> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    // `to_str` succeeded, so the value is ASCII and this split is on a character boundary.
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Instant::now().checked_add(timeout)
+}
+
+/// The registro-log line of one stored message; the message is a JSON string and the id and
+/// datanode (which a datanode chose) are escaped, so the line never breaks.
 pub fn registro_line(ts: &str, reply: &StoreReply, message: &str) -> String {
     let quoted = serde_json::to_string(message).unwrap_or_default();
-    format!("{ts} {} {} {quoted}", reply.id, reply.datanode)
+    format!(
+        "{ts} {} {} {quoted}",
+        field(&reply.id),
+        field(&reply.datanode)
+    )
 }
 
 #[tonic::async_trait]
 impl pb::store_server::Store for StoreService {
     async fn store(&self, request: Request<StoreRequest>) -> Result<Response<StoreReply>, Status> {
+        // Dropped with this handler (the client cancelled, or tonic ended the call at the
+        // client's deadline): a Store still queued then is not sent.
+        let (caller, _gone) = batch::Caller::new(caller_deadline(request.metadata()));
         let StoreRequest {
             message,
             request_id,
@@ -149,32 +247,38 @@ impl pb::store_server::Store for StoreService {
         // its reply is remembered for the client's retry and no forward is cut off midway.
         let forwarder = self.forwarder.clone();
         let key = request_id.clone();
-        let outcome = tokio::spawn(async move { forwarder.store(message, key).await })
+        let outcome = tokio::spawn(async move { forwarder.store(message, key, caller).await })
             .await
             .map_err(|e| Status::internal(format!("store task failed: {e}")))?;
         match outcome {
             Ok(Outcome::Fresh(reply)) => {
-                tracing::debug!(id = %reply.id, datanode = %reply.datanode, "stored");
+                tracing::debug!(id = %field(&reply.id), datanode = %field(&reply.datanode), "stored");
                 Ok(Response::new(reply))
             }
             Ok(Outcome::Repeat(reply)) => {
-                tracing::info!(id = %reply.id, request_id = %request_id, "repeated request id: first reply returned, nothing stored");
+                tracing::info!(id = %field(&reply.id), request_id = %request_id, "repeated request id: first reply returned, nothing stored");
                 Ok(Response::new(reply))
             }
             Ok(Outcome::Conflict) => Err(crate::dedupe::conflict(&request_id)),
             Err(status) => {
-                tracing::warn!(code = ?status.code(), error = %status.message(), "store failed");
+                tracing::warn!(code = ?status.code(), error = %crate::one_line(status.message()), "store failed");
                 Err(status)
             }
         }
     }
 
-    type ListStream = ReceiverStream<Result<StoredMessage, Status>>;
+    type ListStream = Pin<Box<dyn Stream<Item = Result<StoredMessage, Status>> + Send>>;
 
     async fn list(
         &self,
         request: Request<ListRequest>,
     ) -> Result<Response<Self::ListStream>, Status> {
+        let permit = self.lists.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "{} List streams are open on this headnode, the limit (--max-lists); retry after a back-off",
+                self.list_limits.max_open
+            ))
+        })?;
         let ListRequest { datanode, limit } = request.into_inner();
         let members = if datanode.is_empty() {
             self.pool.members()
@@ -183,35 +287,56 @@ impl pb::store_server::Store for StoreService {
                 Status::not_found(format!("no datanode called {datanode:?} in the pool"))
             })?]
         };
-        let streams = futures::future::join_all(members.iter().map(|m| open_list(m, limit))).await;
+        let idle = self.list_limits.idle_timeout;
+        let streams =
+            futures::future::join_all(members.iter().map(|m| open_list(m, limit, idle))).await;
         let streams: Vec<_> = streams.into_iter().flatten().collect();
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        tokio::spawn(merge(streams, limit, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let (tx, rx) = mpsc::channel(LIST_BUFFER);
+        let (end_tx, end_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            if let Err(status) = merge(streams, limit, idle, &tx).await {
+                let _ = end_tx.send(status);
+            }
+            drop(permit);
+        });
+        // The merged messages, then the reason the merge stopped early, if it did.
+        let end = futures::stream::once(end_rx).filter_map(|ended| ended.ok().map(Err));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).chain(end))))
     }
 }
 
-/// Opens one datanode's List; an unreachable datanode is skipped with a warning.
-async fn open_list(node: &Datanode, limit: u32) -> Option<(String, Streaming<StoredMessage>)> {
+/// Opens one datanode's List on its List connection; an unreachable datanode is skipped with a
+/// warning.
+async fn open_list(
+    node: &Datanode,
+    limit: u32,
+    idle: Duration,
+) -> Option<(String, Streaming<StoredMessage>)> {
     let request = ListRequest {
         datanode: String::new(),
         limit,
     };
-    match node.store_client().list(request).await {
-        Ok(stream) => Some((node.name.clone(), stream.into_inner())),
-        Err(status) => {
+    match tokio::time::timeout(idle, node.list_client().list(request)).await {
+        Ok(Ok(stream)) => Some((node.name.clone(), stream.into_inner())),
+        Ok(Err(status)) => {
             tracing::warn!(datanode = %node.name, error = %describe(&status), "List skips an unreachable datanode");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(datanode = %node.name, "List skips a datanode that did not answer within the idle timeout");
             None
         }
     }
 }
 
-/// Merges streams that are each oldest first into one oldest-first stream (ties by id).
+/// Merges streams that are each oldest first into one oldest-first stream (ties by id). Ends
+/// early, with the status the reader gets last, when the reader takes nothing for `idle`.
 async fn merge(
     streams: Vec<(String, Streaming<StoredMessage>)>,
     limit: u32,
-    tx: tokio::sync::mpsc::Sender<Result<StoredMessage, Status>>,
-) {
+    idle: Duration,
+    tx: &mpsc::Sender<Result<StoredMessage, Status>>,
+) -> Result<(), Status> {
     let limit = if limit == 0 {
         u64::MAX
     } else {
@@ -219,7 +344,7 @@ async fn merge(
     };
     let mut heads: Vec<(String, Streaming<StoredMessage>, Option<StoredMessage>)> = Vec::new();
     for (name, mut stream) in streams {
-        let head = next(&name, &mut stream).await;
+        let head = next(&name, &mut stream, idle).await;
         heads.push((name, stream, head));
     }
     let mut sent = 0u64;
@@ -233,12 +358,21 @@ async fn merge(
         let Some(i) = oldest else { break };
         let (name, stream, head) = &mut heads[i];
         let message = head.take();
-        *head = next(name, stream).await;
-        if tx.send(Ok(message.unwrap_or_default())).await.is_err() {
-            return;
+        *head = next(name, stream, idle).await;
+        match tx.send_timeout(Ok(message.unwrap_or_default()), idle).await {
+            Ok(()) => {}
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => return Ok(()),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                tracing::info!(idle = ?idle, "List stream ended: its reader took nothing for the idle timeout");
+                return Err(Status::deadline_exceeded(format!(
+                    "List stream ended: nothing was read from it for {} (--list-idle-timeout)",
+                    humantime::format_duration(idle)
+                )));
+            }
         }
         sent += 1;
     }
+    Ok(())
 }
 
 fn sort_key(m: &StoredMessage) -> (i64, i32, &str) {
@@ -249,11 +383,21 @@ fn sort_key(m: &StoredMessage) -> (i64, i32, &str) {
     (s, n, m.id.as_str())
 }
 
-async fn next(name: &str, stream: &mut Streaming<StoredMessage>) -> Option<StoredMessage> {
-    match stream.message().await {
-        Ok(m) => m,
-        Err(status) => {
+/// The next message of one datanode's stream; `None` when it ends, breaks, or sends nothing for
+/// `idle` (that datanode is left out of the rest of the merge).
+async fn next(
+    name: &str,
+    stream: &mut Streaming<StoredMessage>,
+    idle: Duration,
+) -> Option<StoredMessage> {
+    match tokio::time::timeout(idle, stream.message()).await {
+        Ok(Ok(m)) => m,
+        Ok(Err(status)) => {
             tracing::warn!(datanode = %name, error = %describe(&status), "List stream from a datanode broke off");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(datanode = %name, idle = ?idle, "List stream from a datanode sent nothing for the idle timeout; left out");
             None
         }
     }
@@ -274,5 +418,43 @@ mod tests {
             registro_line("2026-11-23T10:00:00.000Z", &reply, "Hola \"mundo\"\n"),
             r#"2026-11-23T10:00:00.000Z id1 datanode2 "Hola \"mundo\"\n""#
         );
+    }
+
+    #[test]
+    fn a_registro_line_cannot_be_broken_by_what_a_datanode_answers() {
+        let reply = StoreReply {
+            id: "id1\n2026-11-23T10:00:00.000Z forged".into(),
+            datanode: "d 2\r".into(),
+            ..Default::default()
+        };
+        let line = registro_line("ts", &reply, "m\nm");
+        assert_eq!(line.lines().count(), 1, "{line}");
+        assert_eq!(
+            line,
+            r#"ts id1\n2026-11-23T10:00:00.000Z\u{20}forged d\u{20}2\r "m\nm""#
+        );
+    }
+
+    #[test]
+    fn the_callers_deadline_comes_from_grpc_timeout() {
+        let mut metadata = MetadataMap::new();
+        assert!(caller_deadline(&metadata).is_none());
+        for (value, expected) in [
+            ("250m", Duration::from_millis(250)),
+            ("3S", Duration::from_secs(3)),
+            ("2M", Duration::from_secs(120)),
+            ("99999999u", Duration::from_micros(99_999_999)),
+        ] {
+            metadata.insert("grpc-timeout", value.parse().unwrap());
+            let left = caller_deadline(&metadata).unwrap() - Instant::now();
+            assert!(
+                left <= expected && left + Duration::from_secs(1) > expected,
+                "{value}"
+            );
+        }
+        for bad in ["", "m", "10", "10x", "123456789S", "-1S"] {
+            metadata.insert("grpc-timeout", bad.parse().unwrap());
+            assert!(caller_deadline(&metadata).is_none(), "{bad:?}");
+        }
     }
 }

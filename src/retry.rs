@@ -1,11 +1,26 @@
-//! Retrying a Store the way the protocol allows.
+//! What "retryable" means in registro, and retrying a Store the way the protocol allows.
 //!
-//! UNAVAILABLE from registro means the message could not be placed right now: no datanode is
-//! SERVING, or every one tried failed (a disk stall that hit them all, a restart). The request
-//! may still have reached a datanode, so a retry is only safe with the same `request_id`: the
-//! headnode and the datanodes answer a repeated id with the first reply and store nothing new.
-//! Other codes say something about the request (INVALID_ARGUMENT) or were decided by the caller
-//! (DEADLINE_EXCEEDED, CANCELLED), and are returned at once.
+//! One definition, [`is_retryable`], used by the client (`client send`, [`store`]) and by the
+//! headnode when a datanode answers a forwarded Store: a Store that failed with one of these codes
+//! may be sent again **with the same `request_id`**, later or to another server, and may then
+//! succeed. The request id is what makes it safe: a Store that did reach a datanode is answered
+//! with its first reply and stored nothing new.
+//!
+//! | code | why it is retryable |
+//! |---|---|
+//! | UNAVAILABLE | the server or the path to it failed (no datanode SERVING, every one tried failed, a disk error, a broken connection); the request may or may not have been carried out |
+//! | RESOURCE_EXHAUSTED | refused for load before anything was done (a full forward queue, too many Lists); the same request later, after a back-off, may get through |
+//!
+//! Nothing else is retried:
+//! - DEADLINE_EXCEEDED and CANCELLED: the caller's own deadline or cancellation (tonic reports a
+//!   client-side timeout as CANCELLED): the caller has decided to stop waiting.
+//! - INVALID_ARGUMENT, ALREADY_EXISTS, NOT_FOUND, PERMISSION_DENIED, …: about the request itself;
+//!   the same request gets the same answer.
+//! - INTERNAL, UNKNOWN, DATA_LOSS: a bug or a corruption, which a retry would hide.
+//!
+//! The headnode's forwards apply the same table to each message a datanode answers; a call that
+//! fails as a whole (transport error, no reply within `--forward-timeout`) is the datanode's
+//! failure whatever its code, and each of its messages counts as UNAVAILABLE.
 
 use std::time::Duration;
 
@@ -46,12 +61,20 @@ impl Retry {
     }
 }
 
-/// Whether a failed Store may be sent again with the same request id.
-pub fn is_retryable(status: &Status, request: &StoreRequest) -> bool {
-    status.code() == Code::Unavailable && !request.request_id.is_empty()
+/// Whether a Store that failed with `code` may be sent again with the same request id (see the
+/// module docs for the table and the reasons).
+pub fn is_retryable(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::ResourceExhausted)
 }
 
-/// Stores `request`, retrying UNAVAILABLE as `policy` says when the request has a request id.
+/// Whether this failed Store may be retried: a retryable code, and a request id that makes the
+/// repeat safe.
+pub fn may_retry(status: &Status, request: &StoreRequest) -> bool {
+    is_retryable(status.code()) && !request.request_id.is_empty()
+}
+
+/// Stores `request`, retrying [`is_retryable`] failures as `policy` says when the request has a
+/// request id.
 /// `on_retry` hears of each failure that is retried, with the wait before the retry.
 pub async fn store(
     client: &mut StoreClient<Channel>,
@@ -63,7 +86,7 @@ pub async fn store(
     loop {
         match client.store(request.clone()).await {
             Ok(reply) => return Ok(reply.into_inner()),
-            Err(status) if n < policy.retries && is_retryable(&status, &request) => {
+            Err(status) if n < policy.retries && may_retry(&status, &request) => {
                 let wait = policy.wait(n);
                 on_retry(&status, wait);
                 tokio::time::sleep(wait).await;
@@ -87,7 +110,16 @@ mod tests {
     }
 
     #[test]
-    fn only_unavailable_with_a_request_id_is_retried() {
+    fn unavailable_and_resource_exhausted_are_retryable_and_nothing_else() {
+        let retryable: Vec<Code> = (0..=16)
+            .map(Code::from_i32)
+            .filter(|c| is_retryable(*c))
+            .collect();
+        assert_eq!(retryable, [Code::ResourceExhausted, Code::Unavailable]);
+    }
+
+    #[test]
+    fn only_a_request_with_an_id_is_retried() {
         let with_id = StoreRequest {
             message: "m".into(),
             request_id: "r-1".into(),
@@ -96,14 +128,18 @@ mod tests {
             message: "m".into(),
             request_id: String::new(),
         };
-        assert!(is_retryable(&Status::unavailable("x"), &with_id));
-        assert!(!is_retryable(&Status::unavailable("x"), &without));
+        assert!(may_retry(&Status::unavailable("x"), &with_id));
+        assert!(may_retry(&Status::resource_exhausted("x"), &with_id));
+        assert!(!may_retry(&Status::unavailable("x"), &without));
         for code in [
             Code::InvalidArgument,
+            Code::AlreadyExists,
             Code::DeadlineExceeded,
+            Code::Cancelled,
             Code::Internal,
+            Code::Unknown,
         ] {
-            assert!(!is_retryable(&Status::new(code, "x"), &with_id));
+            assert!(!may_retry(&Status::new(code, "x"), &with_id), "{code:?}");
         }
     }
 }

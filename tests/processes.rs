@@ -169,7 +169,7 @@ fn client_send_status_and_list_through_the_headnode() {
         [
             "Message 'Hola' stored on datanode1.",
             "Message 'Sistemas' stored on datanode1.",
-            "Message 'Distribuidos' stored on datanode1."
+            "Message 'Mensaje de prueba' stored on datanode1."
         ]
     );
     let registro_log = std::fs::read_to_string(dir.path().join("registro.log")).unwrap();

@@ -288,7 +288,8 @@ impl Proc {
         Self::spawn_full(name, &[], env, dir, log_name)
     }
 
-    fn spawn_full(
+    /// Spawns `name` with `args` and extra environment variables `env`.
+    pub fn spawn_full(
         name: &str,
         args: &[&str],
         env: &[(&str, &str)],
