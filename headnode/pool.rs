@@ -18,7 +18,7 @@ use crate::pb::{StoreReply, StoreRequest};
 
 /// The HTTP/2 flow-control window of one List stream from a datanode: the most a List whose
 /// reader is slow holds in the headnode per datanode.
-pub const LIST_STREAM_WINDOW: u32 = 256 * 1024;
+pub const LIST_STREAM_WINDOW: u32 = 64 * 1024;
 /// The largest window HTTP/2 allows.
 const MAX_WINDOW: u32 = (1 << 31) - 1;
 

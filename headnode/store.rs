@@ -36,7 +36,7 @@ use crate::pb::{self, ListRequest, StoreReply, StoreRequest, StoredMessage};
 
 /// Messages a List's merge may have ready for a slow reader; past them it waits (up to the idle
 /// timeout) instead of reading more from the datanodes.
-pub const LIST_BUFFER: usize = 64;
+pub const LIST_BUFFER: usize = 8;
 /// The default `--list-idle-timeout`.
 pub const DEFAULT_LIST_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default `--max-lists`: List streams open on a headnode at once.
