@@ -1,6 +1,7 @@
 //! `client bench`: a load generator for `registro.v1.Store/Store`. Keeps `--concurrency` Stores in
 //! flight over `--connections` HTTP/2 connections until `--requests` are sent or `--duration` has
 //! passed, then reports successes, errors by gRPC code, throughput and latency percentiles.
+//! Given several addresses (`--addr A,B`), the connections are spread over them in turn.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -229,15 +230,21 @@ impl Report<'_> {
     }
 }
 
-pub async fn run(addr: &str, timeout: Duration, args: Args) -> anyhow::Result<i32> {
+pub async fn run(addrs: &[String], timeout: Duration, args: Args) -> anyhow::Result<i32> {
+    let addr = &addrs.join(",");
     let duration = args.duration.unwrap_or(if args.requests.is_some() {
         REQUESTS_TIME_CAP
     } else {
         DEFAULT_DURATION
     });
     let mut channels = Vec::new();
-    for _ in 0..args.connections {
-        channels.push(crate::connect(addr, timeout).await?);
+    // Several addresses: the connections take them in turn.
+    for target in addrs
+        .iter()
+        .cycle()
+        .take(usize::try_from(args.connections)?)
+    {
+        channels.push(crate::connect(target, timeout).await?);
     }
     let size = usize::try_from(args.size).context("--size is too large")?;
     let message: Arc<str> = "x".repeat(size).into();

@@ -16,15 +16,23 @@ pub struct Args {
     limit: u32,
 }
 
-pub async fn run(addr: &str, timeout: Duration, args: Args) -> anyhow::Result<i32> {
-    let mut client = StoreClient::new(crate::connect(addr, timeout).await?);
-    let mut stream = client
-        .list(ListRequest {
-            datanode: args.datanode,
-            limit: args.limit,
-        })
-        .await?
-        .into_inner();
+/// Opens the List on the first address that answers; once messages flow, a broken stream is an
+/// error (going on elsewhere would print some messages twice).
+pub async fn run(addrs: &[String], timeout: Duration, args: Args) -> anyhow::Result<i32> {
+    let request = ListRequest {
+        datanode: args.datanode,
+        limit: args.limit,
+    };
+    let mut stream = crate::first_answer(addrs, timeout, |channel| {
+        let request = request.clone();
+        async move {
+            StoreClient::new(channel)
+                .list(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    })
+    .await?;
     while let Some(m) = stream.message().await? {
         let stored_at = m
             .stored_at

@@ -17,14 +17,18 @@ use tonic::transport::Channel;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The server to talk to: the headnode, or a datanode directly.
+    /// The server to talk to: the headnode, or a datanode directly. Several headnodes,
+    /// comma-separated: send, list and status go to the first and fail over to the next when one
+    /// is unavailable (send keeps each message's request id); bench spreads its connections over
+    /// all; health checks the first.
     #[arg(
         long,
         global = true,
         env = "REGISTRO_ADDR",
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:5000"
     )]
-    addr: String,
+    addr: Vec<String>,
     /// How long to wait for a connection and for each reply.
     #[arg(long, global = true, env = "REGISTRO_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
@@ -56,12 +60,71 @@ async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
         .with_context(|| format!("cannot connect to {addr}"))
 }
 
+/// A channel to `addr` that connects on first use (and again after a failure).
+fn lazy(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
+    Ok(registro::config::endpoint(addr, timeout)
+        .with_context(|| format!("invalid address {addr:?}"))?
+        .timeout(timeout)
+        .connect_lazy())
+}
+
+/// Runs `call` against the first of `addrs` that answers it: an address that cannot be reached,
+/// answers UNAVAILABLE or breaks the connection is skipped for the next; any other answer
+/// (success or error) is the result. The error, when every address failed, names each.
+async fn first_answer<T, F, Fut>(
+    addrs: &[String],
+    timeout: Duration,
+    mut call: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut(Channel) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut failures = Vec::new();
+    for addr in addrs {
+        let channel = match connect(addr, timeout).await {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        match call(channel).await {
+            Ok(v) => return Ok(v),
+            Err(status)
+                if status.code() == tonic::Code::Unavailable
+                    || registro::retry::is_broken_connection(&status) =>
+            {
+                if addrs.len() > 1 {
+                    eprintln!(
+                        "{addr}: {:?}: {}; trying the next address",
+                        status.code(),
+                        registro::one_line(status.message())
+                    );
+                }
+                failures.push(format!("{addr}: {status}"));
+            }
+            Err(status) => return Err(status.into()),
+        }
+    }
+    anyhow::bail!("{}", failures.join("; "))
+}
+
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
     registro::config::init_tracing();
+    args.addr.retain(|a| !a.trim().is_empty());
+    if args.addr.is_empty() {
+        eprintln!("error: --addr names no server");
+        std::process::exit(1);
+    }
     let code = match args.command {
-        Command::Health(h) => health::run(&args.addr, args.timeout, h).await,
+        // A health check is of one server: the first address.
+        Command::Health(h) => {
+            let first = args.addr.first().map_or("", String::as_str);
+            health::run(first, args.timeout, h).await
+        }
         command => {
             let result = match command {
                 Command::Send(s) => send::run(&args.addr, args.timeout, s).await,

@@ -11,6 +11,7 @@ use registro::one_line;
 use registro::pb::StoreRequest;
 use registro::pb::store_client::StoreClient;
 use registro::retry::Retry;
+use tonic::transport::Channel;
 
 /// The exercise's own messages, in its order, used when no script is given.
 const BUILT_IN: &[&str] = &[
@@ -49,8 +50,10 @@ pub struct Args {
     /// The client log: one line per reply.
     #[arg(long, env = "REGISTRO_LOG", default_value = "client.log")]
     log: PathBuf,
-    /// Retries of a Store that got UNAVAILABLE (no datanode could take it right now) or
-    /// RESOURCE_EXHAUSTED (the headnode is busy), with the same request id, after 100 ms, 200 ms, 400 ms, … (at most 2 s apart); 0 never retries.
+    /// Retries of a Store that got UNAVAILABLE (no datanode could take it right now, or the
+    /// server is gone), RESOURCE_EXHAUSTED (the headnode is busy) or a broken connection, with the
+    /// same request id: on the next --addr at once, and after every address failed in a row
+    /// after 100 ms, 200 ms, 400 ms, … (at most 2 s apart); 0 never retries.
     #[arg(long, env = "REGISTRO_RETRIES", default_value_t = Retry::default().retries)]
     retries: u32,
 }
@@ -102,20 +105,56 @@ fn read_script(args: &Args) -> anyhow::Result<Vec<String>> {
     Ok(lines.into_iter().filter(|l| !l.is_empty()).collect())
 }
 
-pub async fn run(addr: &str, timeout: Duration, args: Args) -> anyhow::Result<i32> {
+/// Connects to the first of `addrs` that accepts a connection (the others connect when a Store
+/// fails over to them): one client per address, and the index of the connected one.
+async fn clients(
+    addrs: &[String],
+    timeout: Duration,
+) -> anyhow::Result<(Vec<StoreClient<Channel>>, usize)> {
+    let mut clients = Vec::with_capacity(addrs.len());
+    let mut connected = None;
+    let mut failures = Vec::new();
+    for (i, addr) in addrs.iter().enumerate() {
+        let channel = if connected.is_none() {
+            match crate::connect(addr, timeout).await {
+                Ok(c) => {
+                    connected = Some(i);
+                    c
+                }
+                Err(e) => {
+                    failures.push(format!("{e:#}"));
+                    crate::lazy(addr, timeout)?
+                }
+            }
+        } else {
+            crate::lazy(addr, timeout)?
+        };
+        clients.push(StoreClient::new(channel));
+    }
+    match connected {
+        Some(i) => Ok((clients, i)),
+        None => anyhow::bail!("{}", failures.join("; ")),
+    }
+}
+
+pub async fn run(addrs: &[String], timeout: Duration, args: Args) -> anyhow::Result<i32> {
     let messages = plan(&read_script(&args)?, args.random, args.count);
     let log = LogFile::open(&args.log)
         .with_context(|| format!("cannot open client log {}", args.log.display()))?;
-    let channel = crate::connect(addr, timeout).await?;
-    let mut client = StoreClient::new(channel);
+    let (mut clients, mut current) = clients(addrs, timeout).await?;
     let (mut stored, mut failed) = (0usize, 0usize);
     let policy = Retry {
         retries: args.retries,
         ..Retry::default()
     };
-    let on_retry = |status: &tonic::Status, wait: Duration| {
+    let on_retry = |status: &tonic::Status, wait: Duration, next: usize| {
+        let whom = if addrs.len() > 1 {
+            format!(" on {}", addrs[next])
+        } else {
+            String::new()
+        };
         eprintln!(
-            "{:?}: {}; retrying in {} with the same request id",
+            "{:?}: {}; retrying{whom} in {} with the same request id",
             status.code(),
             one_line(status.message()),
             humantime::format_duration(wait)
@@ -126,7 +165,9 @@ pub async fn run(addr: &str, timeout: Duration, args: Args) -> anyhow::Result<i3
             message,
             request_id: uuid::Uuid::now_v7().to_string(),
         };
-        match registro::retry::store(&mut client, request, policy, &on_retry).await {
+        match registro::retry::store_failover(&mut clients, &mut current, request, policy, on_retry)
+            .await
+        {
             Ok(reply) => {
                 let receipt = reply.receipt;
                 println!("{receipt}");

@@ -5,9 +5,14 @@ use std::time::Duration;
 use registro::pb::heartbeat_client::HeartbeatClient;
 use registro::pb::{DatanodeStatus, StatusRequest};
 
-pub async fn run(addr: &str, timeout: Duration) -> anyhow::Result<i32> {
-    let mut client = HeartbeatClient::new(crate::connect(addr, timeout).await?);
-    let reply = client.status(StatusRequest {}).await?.into_inner();
+pub async fn run(addrs: &[String], timeout: Duration) -> anyhow::Result<i32> {
+    let reply = crate::first_answer(addrs, timeout, |channel| async move {
+        HeartbeatClient::new(channel)
+            .status(StatusRequest {})
+            .await
+            .map(tonic::Response::into_inner)
+    })
+    .await?;
     print!("{}", table(&reply.datanodes));
     Ok(0)
 }

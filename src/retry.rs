@@ -8,8 +8,9 @@
 //!
 //! | code | why it is retryable |
 //! |---|---|
-//! | UNAVAILABLE | the server or the path to it failed (no datanode SERVING, every one tried failed, a disk error, a broken connection); the request may or may not have been carried out |
+//! | UNAVAILABLE | the server or the path to it failed (no datanode SERVING, every one tried failed, a disk error, a headnode still warming up, a refused connection); the request may or may not have been carried out |
 //! | RESOURCE_EXHAUSTED | refused for load before anything was done (a full forward queue, too many Lists); the same request later, after a back-off, may get through |
+//! | a broken connection | the connection died under the call (the server was killed, a reset): tonic reports UNKNOWN or INTERNAL from its own transport, with the transport error as the source ([`is_broken_connection`]); like UNAVAILABLE, the request may or may not have been carried out |
 //!
 //! Nothing else is retried:
 //! - DEADLINE_EXCEEDED and CANCELLED: the caller's own deadline or cancellation (tonic reports a
@@ -21,6 +22,10 @@
 //! The headnode's forwards apply the same table to each message a datanode answers; a call that
 //! fails as a whole (transport error, no reply within `--forward-timeout`) is the datanode's
 //! failure whatever its code, and each of its messages counts as UNAVAILABLE.
+//!
+//! A client that knows several servers ([`store_failover`], `client --addr A,B`) sends a retry to
+//! the next address at once, and waits out the back-off only once every address has failed in a
+//! row: a dead headnode costs one failed attempt, not a wait.
 
 use std::time::Duration;
 
@@ -67,14 +72,23 @@ pub fn is_retryable(code: Code) -> bool {
     matches!(code, Code::Unavailable | Code::ResourceExhausted)
 }
 
-/// Whether this failed Store may be retried: a retryable code, and a request id that makes the
-/// repeat safe.
-pub fn may_retry(status: &Status, request: &StoreRequest) -> bool {
-    is_retryable(status.code()) && !request.request_id.is_empty()
+/// Whether `status` is the client's own transport reporting a connection that broke under the
+/// call (the server died, a reset), rather than an answer from the server. tonic reports those
+/// as UNKNOWN (or INTERNAL for an HTTP/2 protocol error) with the transport error as the
+/// status's source; a status a server sent is decoded from its trailers and has no source.
+pub fn is_broken_connection(status: &Status) -> bool {
+    matches!(status.code(), Code::Unknown | Code::Internal)
+        && std::error::Error::source(status).is_some()
 }
 
-/// Stores `request`, retrying [`is_retryable`] failures as `policy` says when the request has a
-/// request id.
+/// Whether this failed Store may be retried: a retryable code or a broken connection, and a
+/// request id that makes the repeat safe.
+pub fn may_retry(status: &Status, request: &StoreRequest) -> bool {
+    (is_retryable(status.code()) || is_broken_connection(status)) && !request.request_id.is_empty()
+}
+
+/// Stores `request`, retrying failures that [`may_retry`] as `policy` says when the request has
+/// a request id.
 /// `on_retry` hears of each failure that is retried, with the wait before the retry.
 pub async fn store(
     client: &mut StoreClient<Channel>,
@@ -82,14 +96,55 @@ pub async fn store(
     policy: Retry,
     mut on_retry: impl FnMut(&Status, Duration),
 ) -> Result<StoreReply, Status> {
-    let mut n = 0;
+    store_failover(
+        std::slice::from_mut(client),
+        &mut 0,
+        request,
+        policy,
+        |status, wait, _| on_retry(status, wait),
+    )
+    .await
+}
+
+/// Stores `request` through `clients` (one per server address), starting at `*current`. A
+/// failure that [`may_retry`] is retried with the same request id on the next address at once;
+/// after every address has failed in a row the next retry waits as `policy` says (so with one
+/// address every retry waits). `policy.retries` bounds the retries in all. `*current` is left
+/// at the address tried last, so the next Store starts at the one that answered.
+/// `on_retry` hears of each failure that is retried, with the wait and the next address's index.
+pub async fn store_failover(
+    clients: &mut [StoreClient<Channel>],
+    current: &mut usize,
+    request: StoreRequest,
+    policy: Retry,
+    mut on_retry: impl FnMut(&Status, Duration, usize),
+) -> Result<StoreReply, Status> {
+    let count = clients.len();
+    if count == 0 {
+        return Err(Status::invalid_argument("no server address to send to"));
+    }
+    // Retries so far, and failures in a row since the last back-off.
+    let (mut n, mut in_a_row) = (0u32, 0usize);
+    // Back-offs so far: the exponent of the next one.
+    let mut waits = 0u32;
     loop {
-        match client.store(request.clone()).await {
+        *current %= count;
+        match clients[*current].store(request.clone()).await {
             Ok(reply) => return Ok(reply.into_inner()),
             Err(status) if n < policy.retries && may_retry(&status, &request) => {
-                let wait = policy.wait(n);
-                on_retry(&status, wait);
-                tokio::time::sleep(wait).await;
+                in_a_row += 1;
+                let wait = if in_a_row >= count {
+                    in_a_row = 0;
+                    waits += 1;
+                    policy.wait(waits - 1)
+                } else {
+                    Duration::ZERO
+                };
+                *current = (*current + 1) % count;
+                on_retry(&status, wait, *current);
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
                 n += 1;
             }
             Err(status) => return Err(status),
@@ -131,6 +186,15 @@ mod tests {
         assert!(may_retry(&Status::unavailable("x"), &with_id));
         assert!(may_retry(&Status::resource_exhausted("x"), &with_id));
         assert!(!may_retry(&Status::unavailable("x"), &without));
+        let broken = Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(is_broken_connection(&broken));
+        assert!(may_retry(&broken, &with_id));
+        // The same code sent by a server is an answer, not a broken connection.
+        assert!(!is_broken_connection(&Status::unknown("x")));
+        assert!(!is_broken_connection(&Status::internal("x")));
         for code in [
             Code::InvalidArgument,
             Code::AlreadyExists,

@@ -177,14 +177,17 @@ fn spawn_headnode(dir: &Path, listen: &str, log: &str) -> Proc {
 
 /// Waits until the headnode at `url` has `n` registered datanodes SERVING.
 async fn wait_pool(url: &str, n: usize) {
-    eventually(&format!("{n} registered datanodes SERVING on {url}"), || async {
-        let s = status(url).await;
-        (s.iter()
-            .filter(|d| d.status == "SERVING" && d.registered)
-            .count()
-            == n)
-            .then_some(())
-    })
+    eventually(
+        &format!("{n} registered datanodes SERVING on {url}"),
+        || async {
+            let s = status(url).await;
+            (s.iter()
+                .filter(|d| d.status == "SERVING" && d.registered)
+                .count()
+                == n)
+                .then_some(())
+        },
+    )
     .await;
 }
 
