@@ -20,7 +20,9 @@ struct Args {
     /// Folder of the data file messages.jsonl (created if missing); `{name}` in it is replaced by the datanode's name.
     #[arg(long, env = "REGISTRO_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
-    /// Headnode to register with, e.g. http://headnode:5000; without it, no registration.
+    /// Headnodes to register with, comma-separated, e.g. http://headnode:5000; a host name means
+    /// every address it resolves to, resolved again every heartbeat (Swarm's tasks.headnode, a
+    /// Kubernetes headless Service); without it, no registration.
     #[arg(long, env = "REGISTRO_HEADNODE")]
     headnode: Option<String>,
     /// host:port the headnode should dial [default: the listen address, or host name:port when listening on 0.0.0.0].

@@ -32,7 +32,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Whether a reply waits for the sync that covers its record.
     pub fsync: Fsync,
-    /// The headnode to register with (a URL or host:port), if any.
+    /// The headnodes to register with (comma-separated URLs or host:port), if any.
     pub headnode: Option<String>,
     /// The address the headnode should dial; derived from the listener when absent.
     pub advertise: Option<String>,

@@ -1,67 +1,252 @@
-//! Announcing this datanode to the headnode.
+//! Announcing this datanode to its headnodes.
 //!
 //! The datanode calls `Heartbeat/Register` at start and then again every heartbeat interval (the
 //! headnode says how long that is). Registering is idempotent, so repeating it costs one small
 //! RPC; in exchange a headnode that restarted and forgot its pool has this datanode back within
 //! one interval, with no one restarting anything.
+//!
+//! `--headnode` lists one or more URLs, comma-separated; the datanode registers with each (the
+//! headnodes share nothing, so each must hear from it). A URL whose host is a name means every
+//! address the name resolves to, resolved again every interval: that is how a datanode finds
+//! every replica of a headnode behind Swarm's `tasks.headnode` or a Kubernetes headless Service,
+//! including one that was just started. Each address gets a registration loop of its own, so a
+//! hung headnode cannot delay the others.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::codegen::http::Uri;
 
 use crate::pb::RegisterRequest;
 use crate::pb::heartbeat_client::HeartbeatClient;
 
-/// Used until the headnode tells its own interval.
+/// Used until a headnode tells its own interval.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
-/// Bound on one Register call, so a hung headnode cannot stall the loop.
+/// Bound on one Register call (and one name resolution), so a hung headnode cannot stall its
+/// loop.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Keeps this datanode registered with `headnode` until `stop` turns true.
-pub async fn run(headnode: String, name: String, address: String, mut stop: watch::Receiver<bool>) {
-    let channel = match crate::config::lazy_channel(&headnode, CALL_TIMEOUT) {
-        Ok(c) => c,
+/// Who this datanode is, as it announces itself.
+#[derive(Debug, Clone)]
+struct Announcement {
+    name: String,
+    address: String,
+}
+
+/// Keeps this datanode registered with every headnode `headnodes` names (comma-separated URLs or
+/// host:port) until `stop` turns true.
+pub async fn run(headnodes: String, name: String, address: String, stop: watch::Receiver<bool>) {
+    let me = Announcement { name, address };
+    let mut tasks = tokio::task::JoinSet::new();
+    for url in headnodes
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+    {
+        tasks.spawn(follow(url.to_string(), me.clone(), stop.clone()));
+    }
+    tasks.join_all().await;
+}
+
+/// The parts of a `--headnode` URL that resolution needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    scheme: String,
+    host: String,
+    port: u16,
+}
+
+impl Target {
+    /// Parses `url` (`http://host:port`, `https://…`, or a bare `host:port`).
+    fn parse(url: &str) -> Result<Self, String> {
+        let uri: Uri = crate::config::with_scheme(url)
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        let scheme = uri.scheme_str().unwrap_or("http").to_string();
+        let host = uri.host().ok_or("no host")?.to_string();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        Ok(Self { scheme, host, port })
+    }
+
+    /// The IP address when the host is one (nothing to resolve).
+    fn ip(&self) -> Option<IpAddr> {
+        self.host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .ok()
+    }
+
+    /// The URL of one resolved address.
+    fn url_of(&self, addr: SocketAddr) -> String {
+        format!("{}://{addr}", self.scheme)
+    }
+}
+
+/// Keeps this datanode registered with every address `url` names: one loop for an IP address,
+/// or one per resolved address of a host name, following the name as it changes.
+async fn follow(url: String, me: Announcement, mut stop: watch::Receiver<bool>) {
+    let target = match Target::parse(&url) {
+        Ok(t) => t,
         Err(e) => {
-            tracing::error!(headnode = %headnode, error = %e, "invalid --headnode address; not registering");
+            tracing::error!(headnode = %url, error = %e, "invalid --headnode address; not registering with it");
             return;
         }
     };
-    let mut client = HeartbeatClient::new(channel);
-    let mut interval = DEFAULT_INTERVAL;
-    // Whether the last attempt failed, so a streak of failures is logged once.
+    // The interval the headnodes of this URL asked for, in milliseconds, shared by the loops.
+    let interval = Arc::new(AtomicU64::new(millis(DEFAULT_INTERVAL)));
+    if target.ip().is_some() {
+        keep_registered(url, me, interval, stop).await;
+        return;
+    }
+    let mut loops: BTreeMap<SocketAddr, JoinHandle<()>> = BTreeMap::new();
+    // Whether the last resolution failed, so a streak of failures is logged once.
     let mut failing = false;
     loop {
-        let request = RegisterRequest {
-            name: name.clone(),
-            address: address.clone(),
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, client.register(request)).await {
-            Ok(Ok(reply)) => {
-                let reply = reply.into_inner();
-                if reply.added {
-                    tracing::info!(headnode = %headnode, name = %name, address = %address, "registered with the headnode");
-                }
+        let resolved = tokio::time::timeout(
+            CALL_TIMEOUT,
+            tokio::net::lookup_host((target.host.as_str(), target.port)),
+        )
+        .await;
+        match resolved {
+            Ok(Ok(addrs)) => {
                 failing = false;
-                if reply.heartbeat_interval_ms > 0 {
-                    interval = Duration::from_millis(reply.heartbeat_interval_ms);
+                let now: BTreeSet<SocketAddr> = addrs.collect();
+                loops.retain(|addr, task| {
+                    let keep = now.contains(addr);
+                    if !keep {
+                        tracing::info!(headnode = %url, address = %addr, "no longer resolved; stopped registering with it");
+                        task.abort();
+                    }
+                    keep
+                });
+                for addr in now {
+                    loops.entry(addr).or_insert_with(|| {
+                        tokio::spawn(keep_registered(
+                            target.url_of(addr),
+                            me.clone(),
+                            interval.clone(),
+                            stop.clone(),
+                        ))
+                    });
                 }
             }
-            Ok(Err(status)) => {
+            // A failed lookup keeps the addresses already known: a DNS hiccup is not a reason
+            // to stop heartbeats.
+            Ok(Err(e)) => {
                 if !failing {
-                    tracing::warn!(headnode = %headnode, code = ?status.code(), error = %status.message(), "headnode refused registration; will retry");
+                    tracing::warn!(headnode = %url, error = %e, "cannot resolve the headnode's host; will retry");
                 }
                 failing = true;
             }
             Err(_) => {
                 if !failing {
-                    tracing::warn!(headnode = %headnode, "cannot reach the headnode to register; will retry");
+                    tracing::warn!(headnode = %url, "resolving the headnode's host timed out; will retry");
                 }
                 failing = true;
             }
         }
+        let wait = Duration::from_millis(interval.load(Ordering::Relaxed));
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
+            () = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|stopped| *stopped) => break,
+        }
+    }
+    for (_, task) in loops {
+        let _ = task.await;
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Registers with the headnode at `url` every interval until `stop` turns true.
+async fn keep_registered(
+    url: String,
+    me: Announcement,
+    interval: Arc<AtomicU64>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let channel = match crate::config::lazy_channel(&url, CALL_TIMEOUT) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(headnode = %url, error = %e, "invalid --headnode address; not registering");
+            return;
+        }
+    };
+    let mut client = HeartbeatClient::new(channel);
+    // Whether the last attempt failed, so a streak of failures is logged once.
+    let mut failing = false;
+    loop {
+        let request = RegisterRequest {
+            name: me.name.clone(),
+            address: me.address.clone(),
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, client.register(request)).await {
+            Ok(Ok(reply)) => {
+                let reply = reply.into_inner();
+                if reply.added {
+                    tracing::info!(headnode = %url, name = %me.name, address = %me.address, "registered with the headnode");
+                }
+                failing = false;
+                if reply.heartbeat_interval_ms > 0 {
+                    interval.store(reply.heartbeat_interval_ms, Ordering::Relaxed);
+                }
+            }
+            Ok(Err(status)) => {
+                if !failing {
+                    tracing::warn!(headnode = %url, code = ?status.code(), error = %status.message(), "headnode refused registration; will retry");
+                }
+                failing = true;
+            }
+            Err(_) => {
+                if !failing {
+                    tracing::warn!(headnode = %url, "cannot reach the headnode to register; will retry");
+                }
+                failing = true;
+            }
+        }
+        let wait = Duration::from_millis(interval.load(Ordering::Relaxed));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|stopped| *stopped) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headnode_urls_parse_with_or_without_a_scheme() {
+        let t = Target::parse("http://tasks.headnode:5000").unwrap();
+        assert_eq!(
+            t,
+            Target {
+                scheme: "http".into(),
+                host: "tasks.headnode".into(),
+                port: 5000
+            }
+        );
+        assert!(t.ip().is_none());
+        let bare = Target::parse("127.0.0.1:5000").unwrap();
+        assert_eq!(bare.ip(), Some(IpAddr::from([127, 0, 0, 1])));
+        let v6 = Target::parse("http://[::1]:5000").unwrap();
+        assert!(v6.ip().is_some());
+        assert_eq!(
+            v6.url_of("[::1]:5000".parse().unwrap()),
+            "http://[::1]:5000"
+        );
+        assert_eq!(Target::parse("https://h").unwrap().port, 443);
+        assert!(Target::parse("http://").is_err());
     }
 }
