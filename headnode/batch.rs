@@ -39,7 +39,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::pb::datanode_client::DatanodeClient;
-use crate::pb::{StoreBatchRequest, StoreReply, StoreRequest, StoreResult};
+use crate::pb::{Record, StoreBatchRequest, StoreReply, StoreResult};
 
 /// Messages in one call at most (a datanode takes up to [`crate::server::MAX_STORE_BATCH`]).
 pub const MAX_BATCH_MESSAGES: usize = 256;
@@ -120,7 +120,7 @@ const ABANDONED: u8 = 2;
 
 /// One Store waiting for its call.
 struct Pending {
-    request: StoreRequest,
+    record: Record,
     /// Who waits for it.
     caller: Caller,
     /// When it was queued.
@@ -133,7 +133,7 @@ struct Pending {
 
 impl Pending {
     fn bytes(&self) -> usize {
-        self.request.message.len() + self.request.request_id.len()
+        self.record.message.len() + self.record.request_id.len() + self.record.id.len()
     }
 }
 
@@ -209,13 +209,13 @@ impl Batcher {
     /// Stores one message through the next call to this datanode. A `caller` that gives up
     /// (its deadline, or gone) while the message is still queued stops it from being sent; once
     /// sent, the call's outcome is awaited whatever the caller does.
-    pub async fn store(&self, request: StoreRequest, caller: &Caller) -> Result<StoreReply, Error> {
+    pub async fn store(&self, record: Record, caller: &Caller) -> Result<StoreReply, Error> {
         let deadline = caller.deadline;
         let (reply, mut rx) = oneshot::channel();
         let state = Arc::new(AtomicU8::new(QUEUED));
         let queued = Instant::now();
         let pending = Pending {
-            request,
+            record,
             caller: caller.clone(),
             queued,
             state: state.clone(),
@@ -328,11 +328,11 @@ async fn send(
     batch: Vec<Pending>,
     timeout: Duration,
 ) -> DatanodeClient<Channel> {
-    let (requests, replies): (Vec<_>, Vec<_>) =
-        batch.into_iter().map(|p| (p.request, p.reply)).unzip();
-    let sent = requests.len();
+    let (records, replies): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|p| (p.record, p.reply)).unzip();
+    let sent = records.len();
     let answer =
-        tokio::time::timeout(timeout, client.store_batch(StoreBatchRequest { requests })).await;
+        tokio::time::timeout(timeout, client.store_batch(StoreBatchRequest { records })).await;
     // Whatever failed the whole call says nothing about the messages: each is retried on
     // another datanode.
     let error = match answer {

@@ -1,10 +1,15 @@
 //! The headnode: the cluster's front door.
 //!
-//! It serves `registro.v1.Store` to clients and forwards each message to one datanode chosen
-//! uniformly at random among the healthy ones, `registro.v1.Heartbeat` for membership, the health
-//! protocol (with `registro.v1.Store` NOT_SERVING while no datanode is healthy) and reflection.
+//! It serves `registro.v1.Store` to clients and forwards each message to the first healthy
+//! datanode of the message's placement order (rendezvous hashing of its request id, so every
+//! headnode places a message alike), `registro.v1.Heartbeat` for membership, the health protocol
+//! (with `registro.v1.Store` NOT_SERVING during warm-up and while no datanode is healthy) and
+//! reflection. Headnodes share no state: several can serve one set of datanodes.
 //!
-//! - [`pool`]: the datanodes, their observed health, the routing choice.
+//! - [`pool`]: the datanodes, their observed health, a message's placement order over them.
+//! - [`placement`]: rendezvous hashing of a request id over datanode names.
+//! - [`record`]: the record forwarded: the id derived from the request id, the time.
+//! - [`warmup`]: no Stores until a started headnode knows its pool.
 //! - [`probe`]: the periodic health checks and the heartbeat log.
 //! - [`store`]: forwarding with failover, idempotency, the registro log, List merging.
 //! - [`batch`]: the Stores bound for one datanode, sent together.
@@ -15,7 +20,9 @@ pub mod heartbeat;
 pub mod placement;
 pub mod pool;
 pub mod probe;
+pub mod record;
 pub mod store;
+pub mod warmup;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -132,12 +139,14 @@ pub async fn serve(
         Health::new(&[crate::STORE_SERVICE, crate::HEARTBEAT_SERVICE]).await;
     // Not ready until a datanode passes a probe.
     health.set(crate::STORE_SERVICE, false).await;
+    let (warm_tx, warm) = tokio::sync::watch::channel(false);
     let store = store::StoreService::new(
         pool.clone(),
         registro_log.clone(),
         config.dedupe,
         config.max_message_bytes,
         config.lists,
+        warm.clone(),
     );
     let heartbeat = heartbeat::HeartbeatService::new(
         pool.clone(),
@@ -151,6 +160,17 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(warmup::run(
+        pool.clone(),
+        warmup::window(
+            !config.datanodes.is_empty(),
+            config.heartbeat_interval,
+            config.heartbeat_timeout,
+        ),
+        config.heartbeat_timeout,
+        warm_tx,
+        stop_rx.clone(),
+    ));
     tasks.spawn(probe::run(
         pool.clone(),
         heartbeat_log.clone(),
@@ -158,7 +178,7 @@ pub async fn serve(
         config.heartbeat_timeout,
         stop_rx,
     ));
-    let readiness = Readiness::follow(pool.clone(), health.clone());
+    let readiness = Readiness::follow(pool.clone(), warm, health.clone());
 
     if let Ok(local) = listener.local_addr() {
         tracing::info!("listening on {local}");
@@ -189,17 +209,18 @@ pub async fn serve(
     Ok(result?)
 }
 
-/// The task that keeps `registro.v1.Store` SERVING exactly while at least one datanode is.
+/// The task that keeps `registro.v1.Store` SERVING exactly while the headnode has warmed up and
+/// at least one datanode is SERVING.
 struct Readiness {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Readiness {
-    /// Starts following `pool` into `health`.
-    fn follow(pool: Arc<Pool>, health: Health) -> Self {
+    /// Starts following `pool` and `warm` into `health`.
+    fn follow(pool: Arc<Pool>, warm: tokio::sync::watch::Receiver<bool>, health: Health) -> Self {
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(follow_readiness(pool, health, stopped));
+        let task = tokio::spawn(follow_readiness(pool, warm, health, stopped));
         Self { stop, task }
     }
 
@@ -214,15 +235,19 @@ impl Readiness {
 
 async fn follow_readiness(
     pool: Arc<Pool>,
+    mut warm: tokio::sync::watch::Receiver<bool>,
     health: Health,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let mut serving = pool.serving();
     loop {
         let count = *serving.borrow_and_update();
-        health.set(crate::STORE_SERVICE, count > 0).await;
+        let warmed = *warm.borrow_and_update();
+        health.set(crate::STORE_SERVICE, warmed && count > 0).await;
         tokio::select! {
             changed = serving.changed() => if changed.is_err() { return },
+            // Warm-up only ever turns true; once it has, its sender may go.
+            changed = warm.changed(), if !warmed => if changed.is_err() { return },
             _ = &mut stop => return,
         }
     }
@@ -269,7 +294,8 @@ mod tests {
         ));
         pool.add_static("127.0.0.1:1").unwrap();
         let node = pool.get("127.0.0.1:1").unwrap();
-        let readiness = Readiness::follow(pool.clone(), health.clone());
+        let (_warm_tx, warm) = tokio::sync::watch::channel(true);
+        let readiness = Readiness::follow(pool.clone(), warm, health.clone());
         pool.record_probe(&node, &ProbeResult::Serving(Duration::ZERO));
         let mut serving = false;
         for _ in 0..200 {

@@ -1,5 +1,5 @@
 //! The pool: every datanode the headnode knows, its health as the last probe or forward saw it,
-//! and the one routing decision ([`Pool::choose`]).
+//! and a key's placement order over it ([`Pool::placement`], by [`super::placement::rank`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,14 +7,13 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rand::seq::IndexedRandom;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::batch::{self, Batcher};
 use crate::pb::store_client::StoreClient;
-use crate::pb::{StoreReply, StoreRequest};
+use crate::pb::{Record, StoreReply};
 
 /// The HTTP/2 flow-control window of one List stream from a datanode: the most a List whose
 /// reader is slow holds in the headnode per datanode.
@@ -136,14 +135,14 @@ impl Datanode {
         })
     }
 
-    /// Stores one message on this datanode, in the next batch sent to it; a `caller` that gives
-    /// up while the message is still queued stops it (see [`Batcher::store`]).
+    /// Stores one record on this datanode, in the next batch sent to it; a `caller` that gives
+    /// up while the record is still queued stops it (see [`Batcher::store`]).
     pub async fn store(
         &self,
-        request: StoreRequest,
+        record: Record,
         caller: &batch::Caller,
     ) -> Result<StoreReply, batch::Error> {
-        self.batcher.store(request, caller).await
+        self.batcher.store(record, caller).await
     }
 
     /// A Store client on this datanode's List connection.
@@ -173,7 +172,8 @@ impl Datanode {
         self.routed.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn is_serving(&self) -> bool {
+    /// Whether it is routed to: SERVING at its last probe, and no forward failed since.
+    pub fn is_serving(&self) -> bool {
         self.lock().liveness == Liveness::Serving
     }
 
@@ -209,6 +209,8 @@ pub struct Pool {
     max_lists: usize,
     /// How many members are SERVING; the headnode's readiness follows it.
     serving: watch::Sender<usize>,
+    /// Ticks on every observation and membership change (the warm-up waits on it).
+    changed: watch::Sender<()>,
 }
 
 impl Pool {
@@ -228,6 +230,7 @@ impl Pool {
             forward_timeout,
             max_lists,
             serving: watch::Sender::new(0),
+            changed: watch::Sender::new(()),
         }
     }
 
@@ -245,6 +248,7 @@ impl Pool {
             self.max_lists,
         )?;
         self.write().insert(name, Arc::new(node));
+        self.publish_serving();
         Ok(())
     }
 
@@ -303,15 +307,28 @@ impl Pool {
         self.read().get(name).cloned()
     }
 
-    /// Picks a datanode uniformly at random among the SERVING ones not in `exclude`.
-    pub fn choose(&self, exclude: &[String]) -> Option<Arc<Datanode>> {
-        let candidates: Vec<Arc<Datanode>> = self
-            .read()
+    /// Every member in `key`'s placement order, best first, healthy or not: ranked over all
+    /// the names, so a datanode that is down keeps its place and a retry after it is back goes
+    /// to it again. The caller skips the ones not [`Datanode::is_serving`].
+    pub fn placement(&self, key: &str) -> Vec<Arc<Datanode>> {
+        let members: Vec<Arc<Datanode>> = self.read().values().cloned().collect();
+        let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+        super::placement::rank(key, &names)
+            .into_iter()
+            .map(|i| members[i].clone())
+            .collect()
+    }
+
+    /// Whether any member has not been probed yet (registered, its first probe under way).
+    pub fn any_unprobed(&self) -> bool {
+        self.read()
             .values()
-            .filter(|m| m.is_serving() && !exclude.contains(&m.name))
-            .cloned()
-            .collect();
-        candidates.choose(&mut rand::rng()).cloned()
+            .any(|m| m.lock().liveness == Liveness::Unknown)
+    }
+
+    /// Follows every change of any member's health, and every new member.
+    pub fn changes(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
     }
 
     /// Records a probe's result on `node`.
@@ -367,6 +384,7 @@ impl Pool {
     }
 
     fn publish_serving(&self) {
+        self.changed.send_replace(());
         let count = self.read().values().filter(|m| m.is_serving()).count();
         self.serving
             .send_if_modified(|n| std::mem::replace(n, count) != count);
@@ -389,44 +407,32 @@ mod tests {
         Pool::new(Duration::from_millis(100), 2, Duration::from_millis(500), 4)
     }
 
+    /// The order of [`Pool::placement`] is [`super::super::placement::rank`] over every
+    /// member's name, healthy or not, whatever order the members joined in.
     #[tokio::test]
-    async fn only_serving_datanodes_are_chosen() {
+    async fn placement_ranks_every_member_by_name_healthy_or_not() {
         let p = pool();
-        p.add_static("127.0.0.1:1").unwrap();
-        p.add_static("127.0.0.1:2").unwrap();
-        assert!(p.choose(&[]).is_none(), "unknown nodes are not routed to");
-        let a = p.get("127.0.0.1:1").unwrap();
-        p.record_probe(&a, &ProbeResult::Serving(Duration::from_millis(1)));
-        for _ in 0..20 {
-            assert_eq!(p.choose(&[]).unwrap().name, "127.0.0.1:1");
-        }
-        assert!(p.choose(&["127.0.0.1:1".into()]).is_none());
-        p.mark_down(&a, "connection refused");
-        assert!(p.choose(&[]).is_none());
-        assert_eq!(*p.serving().borrow(), 0);
-    }
-
-    #[tokio::test]
-    async fn choice_is_spread_over_every_serving_datanode() {
-        let p = pool();
-        for port in 1..=3 {
+        for port in [3, 1, 2] {
             p.add_static(&format!("127.0.0.1:{port}")).unwrap();
         }
+        let a = p.get("127.0.0.1:1").unwrap();
+        p.record_probe(&a, &ProbeResult::Serving(Duration::ZERO));
+        let names = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"];
+        for key in ["k1", "k2", "k3", "k4"] {
+            let expected: Vec<&str> = super::super::placement::rank(key, &names)
+                .into_iter()
+                .map(|i| names[i])
+                .collect();
+            let got: Vec<String> = p.placement(key).iter().map(|m| m.name.clone()).collect();
+            assert_eq!(got, expected, "{key}");
+        }
+        assert!(p.any_unprobed());
         for m in p.members() {
-            p.record_probe(&m, &ProbeResult::Serving(Duration::ZERO));
+            p.mark_down(&m, "gone");
         }
-        let mut counts = BTreeMap::new();
-        for _ in 0..3000 {
-            *counts
-                .entry(p.choose(&[]).unwrap().name.clone())
-                .or_insert(0) += 1;
-        }
-        assert_eq!(counts.len(), 3);
-        // Uniform: each gets 1000 ± a generous margin (over 8 standard deviations).
-        assert!(
-            counts.values().all(|&c| (800..=1200).contains(&c)),
-            "{counts:?}"
-        );
+        assert!(!p.any_unprobed());
+        assert!(p.placement("k1").iter().all(|m| !m.is_serving()));
+        assert_eq!(*p.serving().borrow(), 0);
     }
 
     #[tokio::test]

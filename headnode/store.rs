@@ -1,12 +1,23 @@
-//! The headnode's `registro.v1.Store`: validates, deduplicates by request id, forwards to a
-//! random healthy datanode with failover, and writes the registro log. `List` merges every
-//! reachable datanode's stream, oldest first.
+//! The headnode's `registro.v1.Store`: validates, deduplicates by request id, forwards the
+//! message's record (see [`super::record`]) to the first healthy datanode of its placement order
+//! (see [`super::placement`]) with failover down that order, and writes the registro log. `List`
+//! merges every reachable datanode's stream, oldest first, each id once.
+//!
+//! Placement is what makes a retry safe beyond this headnode's memory: the same request id is
+//! placed on the same datanodes, in the same order, by every headnode and after a restart, so a
+//! retry reaches the datanode that already holds the message, whose own idempotency map answers
+//! with the first record.
 //!
 //! Failover follows [`crate::retry::is_retryable`]: a forward whose call failed (the datanode's
 //! own failure, see [`super::batch`]) or that a datanode answered UNAVAILABLE marks that datanode
-//! down and goes to the next with the same request id; RESOURCE_EXHAUSTED and a full forward
-//! queue are load, so the next datanode is tried without marking anyone down. A Store whose
-//! caller's deadline passed while it was still queued was never sent: DEADLINE_EXCEEDED.
+//! down and goes to the next in the order with the same record. RESOURCE_EXHAUSTED and a full
+//! forward queue are load, not failure: the Store is answered RESOURCE_EXHAUSTED at once (the
+//! client retries after a back-off) rather than placed on the next datanode, where a later retry
+//! would not look for it. A Store whose caller's deadline passed while it was still queued was
+//! never sent: DEADLINE_EXCEEDED.
+//!
+//! Until the headnode has warmed up (see [`super::warmup`]) every Store is UNAVAILABLE: with a
+//! partial pool, placement would pick a datanode other than the one holding a retried message.
 //!
 //! List is kept from starving Stores: it runs on a connection of its own to each datanode (never
 //! the forward or probe connections), at most `--max-lists` run at once (RESOURCE_EXHAUSTED
@@ -30,9 +41,10 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use super::batch;
 use super::pool::{Datanode, Pool};
 use super::probe::describe;
+use super::record;
 use crate::dedupe::{self, Dedupe, Outcome};
 use crate::logfile::{LogFile, field};
-use crate::pb::{self, ListRequest, StoreReply, StoreRequest, StoredMessage};
+use crate::pb::{self, ListRequest, Record, StoreReply, StoreRequest, StoredMessage};
 
 /// Messages a List's merge may have ready for a slow reader; past them it waits (up to the idle
 /// timeout) instead of reading more from the datanodes.
@@ -68,6 +80,8 @@ pub struct StoreService {
     /// One permit per open List stream.
     lists: Arc<Semaphore>,
     list_limits: ListLimits,
+    /// True once the headnode knows its pool (see [`super::warmup`]).
+    warm: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What a Store needs after validation; shared with the task each Store runs in.
@@ -75,7 +89,7 @@ struct Forwarder {
     pool: Arc<Pool>,
     /// `<ts> <id> <datanode> "<message>"` per stored message.
     registro_log: LogFile,
-    /// Request id → first reply: a repeat must not land on another datanode.
+    /// Request id → first reply: a repeat through this headnode is answered without a forward.
     dedupe: Dedupe<StoreReply>,
 }
 
@@ -86,6 +100,7 @@ impl StoreService {
         dedupe: dedupe::Limits,
         max_message_bytes: usize,
         list_limits: ListLimits,
+        warm: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
         Self {
             forwarder: Arc::new(Forwarder {
@@ -97,12 +112,15 @@ impl StoreService {
             max_message_bytes,
             lists: Arc::new(Semaphore::new(list_limits.max_open.max(1))),
             list_limits,
+            warm,
         }
     }
 }
 
 impl Forwarder {
-    /// Stores once per request id: forwards, logs the receipt, remembers the reply.
+    /// Stores once per request id: forwards, logs the receipt, remembers the reply. A Store
+    /// without a request id is not remembered here (no client can repeat it), but its record gets
+    /// a random one that every forward of it carries.
     async fn store(
         &self,
         message: String,
@@ -111,7 +129,8 @@ impl Forwarder {
     ) -> Result<Outcome<StoreReply>, Status> {
         self.dedupe
             .run(&request_id, &message, || async {
-                let reply = self.forward(&message, &request_id, &caller).await?;
+                let record = record::new(&message, &request_id);
+                let reply = self.forward(record, &caller).await?;
                 // The registro log is the record of stored messages: wait for room in its
                 // queue rather than lose a line (see `LogFile::append`).
                 self.registro_log
@@ -122,28 +141,21 @@ impl Forwarder {
             .await
     }
 
-    /// Forwards to a random SERVING datanode; on a datanode's failure marks it down and tries
-    /// another, on its load tries another (see the module docs).
-    async fn forward(
-        &self,
-        message: &str,
-        request_id: &str,
-        caller: &batch::Caller,
-    ) -> Result<StoreReply, Status> {
+    /// Forwards `record` to the first SERVING datanode of its placement order; on a datanode's
+    /// failure marks it down and goes to the next, on its load answers RESOURCE_EXHAUSTED (see
+    /// the module docs).
+    async fn forward(&self, record: Record, caller: &batch::Caller) -> Result<StoreReply, Status> {
         let mut tried: Vec<String> = Vec::new();
-        // Datanodes that refused for load: their names, for the final error.
-        let mut busy: Vec<String> = Vec::new();
-        loop {
-            let Some(node) = self.pool.choose(&tried) else {
-                return Err(no_datanode(&tried, &busy));
-            };
-            let request = StoreRequest {
-                message: message.to_string(),
-                request_id: request_id.to_string(),
-            };
-            let error = match node.store(request, caller).await {
-                Ok(reply) => {
+        for node in self.pool.placement(&record.request_id) {
+            if !node.is_serving() {
+                continue;
+            }
+            let error = match node.store(record.clone(), caller).await {
+                Ok(mut reply) => {
                     node.count_routed();
+                    if reply.replicas.is_empty() {
+                        reply.replicas = vec![reply.datanode.clone()];
+                    }
                     return Ok(reply);
                 }
                 Err(batch::Error::Expired { waited }) => {
@@ -154,10 +166,8 @@ impl Forwarder {
                     )));
                 }
                 Err(e @ (batch::Error::Full(_) | batch::Error::Busy(_))) => {
-                    tracing::debug!(datanode = %node.name, error = %e, "datanode busy; trying another");
-                    busy.push(node.name.clone());
-                    tried.push(node.name.clone());
-                    continue;
+                    tracing::debug!(datanode = %node.name, error = %e, "datanode busy");
+                    return Err(busy(&node.name, &e.to_string()));
                 }
                 Err(batch::Error::Message(status))
                     if !crate::retry::is_retryable(status.code()) =>
@@ -165,28 +175,30 @@ impl Forwarder {
                     return Err(status);
                 }
                 Err(batch::Error::Message(status)) if status.code() == Code::ResourceExhausted => {
-                    busy.push(node.name.clone());
-                    tried.push(node.name.clone());
-                    continue;
+                    return Err(busy(&node.name, status.message()));
                 }
                 Err(batch::Error::Message(status)) => describe(&status),
                 Err(batch::Error::Call(error)) => error,
             };
-            tracing::warn!(datanode = %node.name, error = %error, "forward failed; marking the datanode down and trying another");
+            tracing::warn!(datanode = %node.name, error = %error, "forward failed; marking the datanode down and trying the next in the message's placement order");
             self.pool.mark_down(&node, &error);
             tried.push(node.name.clone());
         }
+        Err(no_datanode(&tried))
     }
 }
 
+/// The answer when the datanode a message is placed on is busy: load, retried by the client
+/// after a back-off, never placed elsewhere (a later retry would not find it there).
+fn busy(datanode: &str, why: &str) -> Status {
+    Status::resource_exhausted(format!(
+        "datanode {datanode} is busy ({}); retry after a back-off",
+        crate::one_line(why)
+    ))
+}
+
 /// The error when no datanode is left to try.
-fn no_datanode(tried: &[String], busy: &[String]) -> Status {
-    if !busy.is_empty() {
-        return Status::resource_exhausted(format!(
-            "every datanode is busy (a full forward queue, or the datanode shedding load): {}; retry after a back-off",
-            busy.join(", ")
-        ));
-    }
+fn no_datanode(tried: &[String]) -> Status {
     Status::unavailable(if tried.is_empty() {
         "no healthy datanode: none has passed its last health check".to_string()
     } else {
@@ -243,6 +255,9 @@ impl pb::store_server::Store for StoreService {
         } = request.into_inner();
         crate::validate_message(&message, self.max_message_bytes)?;
         dedupe::validate_request_id(&request_id)?;
+        if !*self.warm.borrow() {
+            return Err(super::warmup::unavailable());
+        }
         // The Store runs in a task of its own, to completion even if the client goes away, so
         // its reply is remembered for the client's retry and no forward is cut off midway.
         let forwarder = self.forwarder.clone();
@@ -348,6 +363,7 @@ async fn merge(
         heads.push((name, stream, head));
     }
     let mut sent = 0u64;
+    let mut recent = Recent::default();
     while sent < limit {
         let oldest = heads
             .iter()
@@ -357,9 +373,12 @@ async fn merge(
             .map(|(i, _)| i);
         let Some(i) = oldest else { break };
         let (name, stream, head) = &mut heads[i];
-        let message = head.take();
+        let message = head.take().unwrap_or_default();
         *head = next(name, stream, idle).await;
-        match tx.send_timeout(Ok(message.unwrap_or_default()), idle).await {
+        if !recent.first_time(&message.id) {
+            continue;
+        }
+        match tx.send_timeout(Ok(message), idle).await {
             Ok(()) => {}
             Err(mpsc::error::SendTimeoutError::Closed(_)) => return Ok(()),
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
@@ -373,6 +392,41 @@ async fn merge(
         sent += 1;
     }
     Ok(())
+}
+
+/// Ids the merge sent last: a copy of one of them (a replica, or the stray copy of a forward
+/// that timed out on one datanode and was stored again on the next) is not sent again. Copies
+/// of a message are the same record (same id and stored_at), so in a merge of oldest-first
+/// streams they come out next to each other; the window also covers files that are only roughly
+/// in order (records from several headnodes whose clocks differ slightly). Bounded, so a List
+/// holds the same memory however long it runs.
+#[derive(Default)]
+struct Recent {
+    order: std::collections::VecDeque<String>,
+    ids: std::collections::HashSet<String>,
+}
+
+impl Recent {
+    /// Ids remembered: a List holds at most this many (about 50 KiB).
+    const WINDOW: usize = 1024;
+
+    /// Whether `id` was not among the last [`Self::WINDOW`] ids sent; remembers it.
+    fn first_time(&mut self, id: &str) -> bool {
+        if id.is_empty() {
+            return true;
+        }
+        if self.ids.contains(id) {
+            return false;
+        }
+        if self.order.len() == Self::WINDOW
+            && let Some(old) = self.order.pop_front()
+        {
+            self.ids.remove(&old);
+        }
+        self.order.push_back(id.to_string());
+        self.ids.insert(id.to_string());
+        true
+    }
 }
 
 fn sort_key(m: &StoredMessage) -> (i64, i32, &str) {
@@ -433,6 +487,24 @@ mod tests {
             line,
             r#"ts id1\n2026-11-23T10:00:00.000Z\u{20}forged d\u{20}2\r "m\nm""#
         );
+    }
+
+    #[test]
+    fn list_sends_each_id_once_within_its_window() {
+        let mut recent = Recent::default();
+        assert!(recent.first_time("a"));
+        assert!(!recent.first_time("a"));
+        assert!(recent.first_time("b"));
+        assert!(
+            recent.first_time(""),
+            "a record without an id is always sent"
+        );
+        assert!(recent.first_time(""));
+        for i in 0..Recent::WINDOW {
+            assert!(recent.first_time(&format!("x{i}")));
+        }
+        assert_eq!(recent.ids.len(), Recent::WINDOW);
+        assert!(recent.first_time("a"), "forgotten past the window");
     }
 
     #[test]

@@ -71,6 +71,8 @@ impl HeapSize for crate::pb::StoreReply {
         self.id.capacity()
             + self.datanode.capacity()
             + self.receipt.capacity()
+            + self.replicas.capacity() * std::mem::size_of::<String>()
+            + self.replicas.iter().map(String::capacity).sum::<usize>()
             + if self.stored_at.is_some() {
                 std::mem::size_of::<prost_types::Timestamp>()
             } else {

@@ -1,0 +1,84 @@
+//! The record a headnode forwards: the message with its request id, its id and its time.
+//!
+//! The id belongs to the request, not to the datanode that happens to store it: it is the
+//! UUIDv5 (RFC 9562: SHA-1, name-based) of the request id under [`ID_NAMESPACE`]. The same
+//! request id therefore gives the same id on every headnode, on every replica and on every
+//! retry, so copies of one message (a retry that reached another datanode, a stray copy of a
+//! forward that timed out) are recognisably the same message, and List shows it once.
+//! The derivation is fixed: changing the namespace or the function changes the id of every
+//! message stored from then on.
+//!
+//! A Store that came without a request id gets a random one here (a UUIDv7: printable ASCII,
+//! random in its low bits), kept through every forward of that Store, so the headnode's own
+//! failover is as idempotent as a client's retry.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::pb::Record;
+
+/// The namespace of ids derived from request ids; fixed once and for all (a random v4 UUID).
+pub const ID_NAMESPACE: Uuid = Uuid::from_u128(0x1924_2a0e_01ce_448e_8fb2_1a8b_365d_676c);
+
+/// The id of the message whose request id is `request_id` (see the module docs).
+pub fn derive_id(request_id: &str) -> String {
+    Uuid::new_v5(&ID_NAMESPACE, request_id.as_bytes()).to_string()
+}
+
+/// A fresh request id for a Store that came without one.
+pub fn random_request_id() -> String {
+    Uuid::now_v7().to_string()
+}
+
+/// The record to forward for `message`, stored now: its request id (`request_id`, or a random
+/// one when empty), the id derived from it, and the time in the data file's precision
+/// (milliseconds), so the reply's `stored_at` is exactly what List later shows.
+pub fn new(message: &str, request_id: &str) -> Record {
+    let request_id = if request_id.is_empty() {
+        random_request_id()
+    } else {
+        request_id.to_string()
+    };
+    let now = Utc::now();
+    let stored_at = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
+    Record {
+        id: derive_id(&request_id),
+        stored_at: Some(crate::time::to_proto(stored_at)),
+        message: message.to_string(),
+        request_id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_id_is_a_fixed_function_of_the_request_id() {
+        // Pinned: every headnode must derive the same id, in every build.
+        assert_eq!(
+            derive_id("order-42"),
+            Uuid::new_v5(&ID_NAMESPACE, b"order-42").to_string()
+        );
+        assert_eq!(derive_id("order-42"), derive_id("order-42"));
+        assert_ne!(derive_id("order-42"), derive_id("order-43"));
+        let id = Uuid::parse_str(&derive_id("order-42")).unwrap();
+        assert_eq!(id.get_version_num(), 5);
+    }
+
+    #[test]
+    fn a_store_without_a_request_id_gets_a_random_printable_one() {
+        let a = new("m", "");
+        let b = new("m", "");
+        assert_ne!(a.request_id, b.request_id);
+        crate::dedupe::validate_request_id(&a.request_id).unwrap();
+        assert_eq!(a.id, derive_id(&a.request_id));
+        let given = new("m", "k-1");
+        assert_eq!(given.request_id, "k-1");
+        assert_eq!(
+            given.stored_at.unwrap().nanos % 1_000_000,
+            0,
+            "milliseconds"
+        );
+    }
+}
