@@ -42,6 +42,10 @@ pub struct Config {
     pub dedupe: crate::dedupe::Limits,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// List streams open at once; one more is RESOURCE_EXHAUSTED.
+    pub max_lists: usize,
+    /// A List whose reader takes no message for this long ends with ABORTED.
+    pub list_idle_timeout: Duration,
 }
 
 impl Config {
@@ -56,6 +60,8 @@ impl Config {
             max_message_bytes: server::DEFAULT_MAX_MESSAGE_BYTES,
             dedupe: Default::default(),
             shutdown_grace: Duration::from_secs(5),
+            max_lists: store::DEFAULT_MAX_LISTS,
+            list_idle_timeout: store::DEFAULT_LIST_IDLE_TIMEOUT,
         }
     }
 }
@@ -82,14 +88,24 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    let (file, loaded) = DataFile::open(&config.data_dir, config.fsync, config.dedupe.entries)?;
+    run(listener, config, file, loaded, shutdown).await
+}
+
+/// [`serve`] with the data file already open.
+async fn run(
+    listener: TcpListener,
+    config: Config,
+    file: DataFile,
+    loaded: data_file::Loaded,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let local = listener.local_addr().map_err(Error::Listener)?;
     let advertise = match &config.advertise {
         Some(a) => a.clone(),
         None => default_advertise(local),
     };
     crate::config::check_host_port(&advertise).map_err(Error::Advertise)?;
-
-    let (file, loaded) = DataFile::open(&config.data_dir, config.fsync, config.dedupe.entries)?;
     tracing::info!(
         name = %config.name,
         listen = %local,
@@ -113,26 +129,26 @@ pub async fn serve(
             .max_encoding_message_size(server::MAX_GRPC_BATCH_BYTES),
     );
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(follow_disk_health(
-        file.healthy(),
-        health.clone(),
-        stop_rx.clone(),
-    ));
+    let mut followers = server::Followers::new();
+    let (healthy, reporter) = (file.healthy(), health.clone());
+    followers.spawn(|stop| follow_disk_health(healthy, reporter, stop));
     if let Some(headnode) = &config.headnode {
-        tasks.spawn(register::run(
-            headnode.clone(),
-            config.name.clone(),
-            advertise.clone(),
-            stop_rx,
-        ));
+        let (headnode, name, advertise) =
+            (headnode.clone(), config.name.clone(), advertise.clone());
+        followers.spawn(|stop| register::run(headnode, name, advertise, stop));
     }
 
     tracing::info!("listening on {local}");
-    let result = server::serve(router, listener, health, shutdown, config.shutdown_grace).await;
-    let _ = stop_tx.send(true);
-    tasks.join_all().await;
+    let result = server::serve(
+        router,
+        listener,
+        health,
+        followers.stop_after(shutdown),
+        config.shutdown_grace,
+    )
+    .await;
+    // Already done unless the server failed before a shutdown.
+    followers.stop().await;
     if let Err(e) = file.sync().await {
         tracing::error!(error = %e, "final sync of the data file failed");
     }
@@ -153,28 +169,33 @@ fn default_advertise(local: SocketAddr) -> String {
 
 /// Mirrors the data file's health into the health protocol: a datanode that cannot write
 /// reports `registro.v1.Store` (and `registro.v1.Datanode`) NOT_SERVING, so the headnode routes
-/// elsewhere.
+/// elsewhere; a writer thread that stopped leaves them NOT_SERVING for good. Returns when `stop`
+/// turns true, before the shutdown sequence turns every status off.
 async fn follow_disk_health(
     mut healthy: tokio::sync::watch::Receiver<bool>,
     health: Health,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        tokio::select! {
-            changed = healthy.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let ok = *healthy.borrow_and_update();
-                if ok {
-                    tracing::info!("disk healthy again: Store SERVING");
-                } else {
-                    tracing::warn!("disk writes failing: Store NOT_SERVING");
-                }
-                health.set(crate::STORE_SERVICE, ok).await;
-                health.set(crate::DATANODE_SERVICE, ok).await;
-            }
-            _ = stop.changed() => return,
+        let writer_alive = tokio::select! {
+            changed = healthy.changed() => changed.is_ok(),
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        if !writer_alive {
+            tracing::error!("the data file writer stopped: Store NOT_SERVING until restarted");
+            health.set(crate::STORE_SERVICE, false).await;
+            health.set(crate::DATANODE_SERVICE, false).await;
+            // Nothing can change any more; wait to be stopped like the other followers.
+            let _ = stop.wait_for(|stopped| *stopped).await;
+            return;
         }
+        let ok = *healthy.borrow_and_update();
+        if ok {
+            tracing::info!("disk healthy again: Store SERVING");
+        } else {
+            tracing::warn!("disk writes failing: Store NOT_SERVING");
+        }
+        health.set(crate::STORE_SERVICE, ok).await;
+        health.set(crate::DATANODE_SERVICE, ok).await;
     }
 }
