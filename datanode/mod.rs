@@ -199,3 +199,83 @@ async fn follow_disk_health(
         health.set(crate::DATANODE_SERVICE, ok).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::StoreRequest;
+    use crate::pb::store_client::StoreClient;
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    /// A writer thread that dies (a panic inside a write) turns `registro.v1.Store` and
+    /// `registro.v1.Datanode` NOT_SERVING, and a Store answers UNAVAILABLE at once, saying why,
+    /// instead of hanging.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_writer_thread_turns_health_not_serving_and_stores_fail_fast() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Mutex::new(data_file::tests::Faults::default()));
+        let (file, loaded) = data_file::tests::open_faulty(dir.path(), &faults);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let node = tokio::spawn(run(
+            listener,
+            Config::new("d", dir.path()),
+            file,
+            loaded,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let channel = crate::config::endpoint(&url, Duration::from_secs(2))
+            .unwrap()
+            .connect_lazy();
+        let status_of = |service: &'static str| {
+            let mut health = HealthClient::new(channel.clone());
+            async move {
+                health
+                    .check(HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner().status())
+            }
+        };
+        let start = Instant::now();
+        while status_of(crate::STORE_SERVICE).await != Some(ServingStatus::Serving) {
+            assert!(start.elapsed() < Duration::from_secs(15), "never SERVING");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        faults.lock().unwrap().panic_on_write = true;
+        let mut store = StoreClient::new(channel.clone());
+        for _ in 0..2 {
+            let refused = tokio::time::timeout(
+                Duration::from_secs(10),
+                store.store(StoreRequest {
+                    message: "m".into(),
+                    request_id: String::new(),
+                }),
+            )
+            .await
+            .expect("a Store answers")
+            .unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+            assert!(refused.message().contains("writer has stopped"), "{refused:?}");
+        }
+        let start = Instant::now();
+        for service in [crate::STORE_SERVICE, crate::DATANODE_SERVICE] {
+            while status_of(service).await != Some(ServingStatus::NotServing) {
+                assert!(start.elapsed() < Duration::from_secs(15), "{service} still SERVING");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        stop.send(()).unwrap();
+        node.await.unwrap().unwrap();
+    }
+}

@@ -456,3 +456,132 @@ async fn stream_records(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datanode::data_file::Fsync;
+    use crate::dedupe::Limits;
+
+    fn batch(items: &[(&str, &str)]) -> Vec<Append> {
+        items
+            .iter()
+            .map(|(message, request_id)| Append {
+                message: message.to_string(),
+                request_id: request_id.to_string(),
+            })
+            .collect()
+    }
+
+    fn messages_in(file: &DataFile) -> Vec<String> {
+        let mut cursor = file.cursor().unwrap();
+        cursor
+            .next_chunk(usize::MAX, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.message)
+            .collect()
+    }
+
+    fn ok(outcome: &StoreOutcome) -> &Outcome<StoreReply> {
+        outcome.as_ref().expect("no error")
+    }
+
+    fn fresh(outcome: &StoreOutcome) -> &StoreReply {
+        match outcome {
+            Ok(Outcome::Fresh(reply)) => reply,
+            other => panic!("expected a fresh store, got {other:?}"),
+        }
+    }
+
+    /// A key twice in one batch is stored once: the copy with the same message gets the first's
+    /// reply, a copy with another message ALREADY_EXISTS; answers stay in the batch's order.
+    #[tokio::test]
+    async fn a_key_repeated_inside_one_batch_is_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, _) = DataFile::open(dir.path(), Fsync::Always, 10).unwrap();
+        let dedupe = Dedupe::new(Limits::default());
+        let outcomes = store_batch(
+            &dedupe,
+            &file,
+            "d",
+            batch(&[
+                ("one", "k1"),
+                ("two", ""),
+                ("one", "k1"),
+                ("other", "k1"),
+                ("two", ""),
+            ]),
+        )
+        .await;
+        let first = fresh(&outcomes[0]).clone();
+        assert_eq!(fresh(&outcomes[1]).receipt, crate::receipt("two", "d"));
+        assert_eq!(ok(&outcomes[2]), &Outcome::Repeat(first.clone()));
+        assert_eq!(ok(&outcomes[3]), &Outcome::Conflict);
+        // No request id, no idempotency: both are stored.
+        assert_ne!(fresh(&outcomes[4]).id, fresh(&outcomes[1]).id);
+        assert_eq!(messages_in(&file), ["one", "two", "two"]);
+
+        // A later batch sees the first reply too.
+        let again = store_batch(&dedupe, &file, "d", batch(&[("one", "k1")])).await;
+        assert_eq!(ok(&again[0]), &Outcome::Repeat(first));
+        assert_eq!(messages_in(&file).len(), 3);
+    }
+
+    /// A key another call is storing right now does not hold back the rest of the batch: the
+    /// other messages are stored while it waits, and it then gets that call's reply.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_busy_key_waits_without_holding_back_the_rest_of_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, _) = DataFile::open(dir.path(), Fsync::Always, 10).unwrap();
+        let dedupe = Dedupe::new(Limits::default());
+        let Claim::Fresh(ticket) = dedupe.claim("busy", "m").await else {
+            panic!("a new key is fresh");
+        };
+        let running = tokio::spawn({
+            let (dedupe, file) = (dedupe.clone(), file.clone());
+            async move {
+                store_batch(&dedupe, &file, "d", batch(&[("m", "busy"), ("a", "ka"), ("b", "")]))
+                    .await
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while messages_in(&file) != ["a", "b"] {
+            assert!(std::time::Instant::now() < deadline, "the rest was held back");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!running.is_finished());
+        let other_call = StoreReply {
+            id: "from-the-other-call".into(),
+            ..Default::default()
+        };
+        ticket.complete(other_call.clone());
+        let outcomes = running.await.unwrap();
+        assert_eq!(ok(&outcomes[0]), &Outcome::Repeat(other_call));
+        assert_eq!(fresh(&outcomes[1]).receipt, crate::receipt("a", "d"));
+        assert_eq!(fresh(&outcomes[2]).receipt, crate::receipt("b", "d"));
+        assert_eq!(messages_in(&file), ["a", "b"]);
+    }
+
+    /// When the other call storing a key fails (its ticket dropped), the waiting copy stores it.
+    #[tokio::test]
+    async fn a_busy_key_whose_store_failed_is_stored_by_the_waiting_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, _) = DataFile::open(dir.path(), Fsync::Always, 10).unwrap();
+        let dedupe = Dedupe::new(Limits::default());
+        let Claim::Fresh(ticket) = dedupe.claim("k", "m").await else {
+            panic!("a new key is fresh");
+        };
+        let running = tokio::spawn({
+            let (dedupe, file) = (dedupe.clone(), file.clone());
+            async move { store_batch(&dedupe, &file, "d", batch(&[("m", "k")])).await }
+        });
+        // On this single-threaded runtime the batch runs until it waits for the key.
+        tokio::task::yield_now().await;
+        assert!(!running.is_finished());
+        drop(ticket);
+        let outcomes = running.await.unwrap();
+        fresh(&outcomes[0]);
+        assert_eq!(messages_in(&file), ["m"]);
+    }
+}
