@@ -266,12 +266,18 @@ mod tests {
             .expect("a Store answers")
             .unwrap_err();
             assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-            assert!(refused.message().contains("writer has stopped"), "{refused:?}");
+            assert!(
+                refused.message().contains("writer has stopped"),
+                "{refused:?}"
+            );
         }
         let start = Instant::now();
         for service in [crate::STORE_SERVICE, crate::DATANODE_SERVICE] {
             while status_of(service).await != Some(ServingStatus::NotServing) {
-                assert!(start.elapsed() < Duration::from_secs(15), "{service} still SERVING");
+                assert!(
+                    start.elapsed() < Duration::from_secs(15),
+                    "{service} still SERVING"
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }

@@ -541,13 +541,21 @@ mod tests {
         let running = tokio::spawn({
             let (dedupe, file) = (dedupe.clone(), file.clone());
             async move {
-                store_batch(&dedupe, &file, "d", batch(&[("m", "busy"), ("a", "ka"), ("b", "")]))
-                    .await
+                store_batch(
+                    &dedupe,
+                    &file,
+                    "d",
+                    batch(&[("m", "busy"), ("a", "ka"), ("b", "")]),
+                )
+                .await
             }
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while messages_in(&file) != ["a", "b"] {
-            assert!(std::time::Instant::now() < deadline, "the rest was held back");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the rest was held back"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(!running.is_finished());
