@@ -687,8 +687,8 @@ async fn a_draining_datanode_never_reports_serving_again() {
         let chunk = vec![0u8; 64 * 1024];
         let mut size = chunk.len();
         while size > 0 {
-            match f.write(&chunk[..size]) {
-                Ok(_) => {}
+            match f.write_all(&chunk[..size]) {
+                Ok(()) => {}
                 Err(_) => size /= 2,
             }
         }
