@@ -2,7 +2,7 @@
 //! and answers with a receipt. `List` streams the data file back. `registro.v1.Datanode/StoreBatch`
 //! does the same for many messages at once: the path the headnode forwards through.
 //!
-//! A Store is a batch of one: both go through [`StoreService::store_valid`], which claims every
+//! A Store is a batch of one: both go through one spawned task, which claims every
 //! request id, hands every fresh message to the data file in one [`DataFile::append_many`] and
 //! remembers each reply.
 
