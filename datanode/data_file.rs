@@ -961,11 +961,13 @@ pub(crate) mod tests {
             assert!(matches!(err, AppendError::Closed));
             assert!(err.to_string().contains("writer has stopped"), "{err}");
         }
-        assert!(!*healthy.borrow_and_update());
-        assert!(
-            healthy.changed().await.is_err(),
-            "the health channel closes"
-        );
+        // The thread may still be unwinding: wait for the channel to close, false last.
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            while healthy.changed().await.is_ok() {}
+        })
+        .await;
+        assert!(closed.is_ok(), "the health channel closes");
+        assert!(!*healthy.borrow());
     }
 
     /// A torn tail is moved, byte for byte, to `messages.jsonl.corrupt-<time>` with the complete
