@@ -80,9 +80,13 @@ fn unread_lists_hold_no_blocking_thread() {
         let node = datanode_on("127.0.0.1:0", datanode_config(dir.path(), "d")).await;
         let url = node.url();
         let mut unread = Vec::new();
-        for _ in 0..20 {
+        for i in 0..20 {
             let mut stream = open_list(&url).await.unwrap();
-            stream.message().await.unwrap().expect("a first message");
+            tokio::time::timeout(DEADLINE, stream.message())
+                .await
+                .unwrap_or_else(|_| panic!("List {i} sends nothing: no blocking thread for it"))
+                .unwrap()
+                .expect("a first message");
             unread.push(stream);
         }
         let started = Instant::now();
