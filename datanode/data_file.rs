@@ -5,15 +5,22 @@
 //! for byte.
 //!
 //! **Writing** happens on one thread that owns the file (the async runtime never blocks on the
-//! disk). It takes every append that is waiting, writes them with one `write`, syncs once (group
-//! commit) and only then answers each caller: an acknowledged record is on disk. A failed write
-//! is rolled back by truncating to the last good length, so the file never keeps a partial record;
-//! the file is then *unhealthy* until a probe write in the same folder succeeds again.
+//! disk). A caller hands over a whole batch ([`DataFile::append_many`]) as one command and awaits
+//! one answer. The writer takes every command that is waiting, writes them with one `write`,
+//! syncs once (group commit: one sync covers many callers' batches) and only then answers each
+//! caller: an acknowledged record is on disk. A failed write is rolled back by truncating to the
+//! last good length, so the file never keeps a partial record; if that truncation fails too, it
+//! is retried before anything else is written, and every batch fails until it succeeds, so no
+//! record is ever appended after a torn one. The file is *unhealthy* after a failed write until a
+//! probe write in the same folder succeeds again, and for good once the writer thread stops.
 //!
 //! **Opening** reads the whole file: every complete line is kept; a torn tail (a last line with
-//! no newline, or that is not valid JSON) left by a crash is truncated away with a warning. An
-//! invalid line *followed by* valid ones is not a torn write, so opening refuses rather than
-//! guess.
+//! no newline, or that is not valid JSON) left by a crash is moved to a side file
+//! `messages.jsonl.corrupt-<time>` with a warning, so nothing is destroyed. An invalid line
+//! *followed by* valid ones is not a torn write, so opening refuses rather than guess.
+//!
+//! **Reading** ([`DataFile::cursor`]) sees the records that were durable when it started, a
+//! chunk at a time, so a slow reader holds a small buffer and no thread.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -31,14 +38,12 @@ use tokio::sync::{oneshot, watch};
 /// The data file's name inside `--data-dir`.
 pub const FILE_NAME: &str = "messages.jsonl";
 
-/// Most appends written together; a bound on one batch's memory, not a tuning knob.
-const MAX_BATCH: usize = 1024;
+/// Most records written together; a bound on one write's memory, not a tuning knob. A single
+/// batch larger than this is still written whole, alone.
+const MAX_WRITE_RECORDS: usize = 1024;
 
 /// How often an unhealthy writer tries a probe write to see whether the disk took writes again.
 const RECOVERY_PROBE_INTERVAL: Duration = Duration::from_millis(500);
-/// While a [`Hold`] is out, the longest the writer waits for the next command before writing
-/// what it has (each command that arrives restarts the wait; a write never exceeds `MAX_BATCH`).
-pub const HOLD_WAIT: Duration = Duration::from_millis(20);
 
 /// One stored message: a line of the data file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +56,15 @@ pub struct Record {
     pub message: String,
     /// The client's idempotency key, or empty.
     #[serde(default)]
+    pub request_id: String,
+}
+
+/// A message to append: what the writer turns into a [`Record`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Append {
+    /// The text, exactly as the client sent it.
+    pub message: String,
+    /// The client's idempotency key, or empty.
     pub request_id: String,
 }
 
@@ -70,18 +84,28 @@ pub enum OpenError {
     Dir { path: PathBuf, source: io::Error },
     #[error("cannot open data file {path}: {source}")]
     File { path: PathBuf, source: io::Error },
+    #[error("cannot move the torn tail of {path} to {side}: {source}")]
+    SideFile {
+        path: PathBuf,
+        side: PathBuf,
+        source: io::Error,
+    },
     #[error(
         "data file {path} is damaged at line {line}: an invalid record is followed by valid ones, which no crash leaves behind; inspect the file before starting again"
     )]
     Corrupt { path: PathBuf, line: u64 },
 }
 
-/// Why an append did not become durable. Nothing of it is left in the file.
+/// Why a batch did not become durable. Nothing of it is left in the file.
 #[derive(Debug, thiserror::Error)]
 pub enum AppendError {
     #[error("cannot write the data file: {0}")]
     Io(#[from] io::Error),
-    #[error("the data file is closed")]
+    #[error(
+        "cannot write the data file: an earlier failed write could not be rolled back yet ({0}); nothing is written until it is"
+    )]
+    RollbackPending(io::Error),
+    #[error("the data file writer has stopped; this datanode cannot store messages")]
     Closed,
 }
 
@@ -93,39 +117,24 @@ pub struct Loaded {
     /// The most recent records that carry a request id, oldest first (at most the `recent`
     /// asked of [`DataFile::open`]), to rebuild the idempotency map.
     pub recent_with_request_id: Vec<Record>,
-    /// Bytes of a torn tail that were cut off.
+    /// Bytes of a torn tail that were moved out of the file.
     pub truncated_bytes: u64,
+    /// Where those bytes went (`messages.jsonl.corrupt-<time>`), if there were any.
+    pub side_file: Option<PathBuf>,
 }
 
-struct Append {
-    message: String,
-    request_id: String,
-    done: oneshot::Sender<Result<Record, AppendError>>,
+/// One caller's batch: written whole in one write, answered with one result.
+struct Batch {
+    appends: Vec<Append>,
+    done: oneshot::Sender<Result<Vec<Record>, AppendError>>,
 }
 
 enum Command {
-    Append(Append),
+    Append(Batch),
     Sync(oneshot::Sender<io::Result<()>>),
-    /// More appends follow at once (see [`DataFile::hold`]).
-    Hold,
-    /// The end of a [`Command::Hold`].
-    Release,
 }
 
-/// While one exists, the writer does not start a write without the appends its holder is about
-/// to send: see [`DataFile::hold`]. Dropping it releases the writer.
-pub struct Hold {
-    tx: std_mpsc::Sender<Command>,
-}
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        // A closed channel means the writer is gone: nothing left to release.
-        let _ = self.tx.send(Command::Release);
-    }
-}
-
-/// The handle the Store service uses: appends go to the writer thread; reads see every durable
+/// The handle the Store service uses: batches go to the writer thread; reads see every durable
 /// record. Cheap to clone.
 #[derive(Clone)]
 pub struct DataFile {
@@ -137,14 +146,24 @@ pub struct DataFile {
 }
 
 impl DataFile {
-    /// Opens (creating if needed) `<dir>/messages.jsonl`, repairs a torn tail, and starts the
-    /// writer thread. `recent` bounds [`Loaded::recent_with_request_id`].
+    /// Opens (creating if needed) `<dir>/messages.jsonl`, moves a torn tail aside, and starts
+    /// the writer thread. `recent` bounds [`Loaded::recent_with_request_id`].
     pub fn open(dir: &Path, fsync: Fsync, recent: usize) -> Result<(Self, Loaded), OpenError> {
+        Self::open_with(dir, fsync, recent, |file| file)
+    }
+
+    /// [`Self::open`], with the writer's file wrapped by `storage` (tests make it fail).
+    fn open_with<S: Storage>(
+        dir: &Path,
+        fsync: Fsync,
+        recent: usize,
+        storage: impl FnOnce(File) -> S,
+    ) -> Result<(Self, Loaded), OpenError> {
         let dir_err = |source| OpenError::Dir {
             path: dir.to_path_buf(),
             source,
         };
-        std::fs::create_dir_all(dir).map_err(dir_err)?;
+        create_dir_durably(dir).map_err(dir_err)?;
         let path = dir.join(FILE_NAME);
         let file_err = |source| OpenError::File {
             path: path.clone(),
@@ -159,20 +178,24 @@ impl DataFile {
             .map_err(file_err)?;
         if !existed {
             // Make the new file's name durable too.
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(dir_err)?;
+            sync_dir(dir).map_err(dir_err)?;
         }
-        let (loaded, good_len) = scan(&mut file, &path, recent)?;
+        let (mut loaded, good_len) = scan(&mut file, &path, recent)?;
         if loaded.truncated_bytes > 0 {
+            let side = move_tail_aside(&mut file, dir, good_len).map_err(|(side, source)| {
+                OpenError::SideFile {
+                    path: path.clone(),
+                    side,
+                    source,
+                }
+            })?;
             tracing::warn!(
                 path = %path.display(),
                 bytes = loaded.truncated_bytes,
-                "dropping a torn last record left by a crash (it was never acknowledged)"
+                side_file = %side.display(),
+                "moved a torn last record left by a crash (it was never acknowledged) to a side file"
             );
-            file.set_len(good_len)
-                .and_then(|()| file.sync_all())
-                .map_err(file_err)?;
+            loaded.side_file = Some(side);
         }
         // Probe once at start: a data directory that cannot take a write is a start-up error,
         // not something to discover on the first Store.
@@ -182,15 +205,15 @@ impl DataFile {
         let (healthy_tx, healthy) = watch::channel(true);
         let (tx, rx) = std_mpsc::channel();
         let writer = Writer {
-            file,
+            file: storage(file),
             dir: dir.to_path_buf(),
             fsync,
             len: good_len,
+            rollback_pending: false,
             durable_len: durable_len.clone(),
             healthy: healthy_tx,
             last_stamp: last_stamp_of(&path, good_len),
             buf: Vec::new(),
-            holds: 0,
         };
         std::thread::Builder::new()
             .name("data file writer".into())
@@ -212,30 +235,31 @@ impl DataFile {
         &self.path
     }
 
-    /// Appends one message and waits until it is durable (per [`Fsync`]). The record comes back
-    /// with its id and time stamp.
-    pub async fn append(&self, message: String, request_id: String) -> Result<Record, AppendError> {
+    /// Appends a batch and waits until it is durable (per [`Fsync`]): one command to the writer,
+    /// one answer. The batch is written whole in one write (with whatever other batches are
+    /// waiting), so it succeeds or fails as a whole; on success the records come back in the
+    /// batch's order, with their ids and one time stamp.
+    pub async fn append_many(&self, appends: Vec<Append>) -> Result<Vec<Record>, AppendError> {
+        if appends.is_empty() {
+            return Ok(Vec::new());
+        }
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(Command::Append(Append {
-                message,
-                request_id,
-                done,
-            }))
+            .send(Command::Append(Batch { appends, done }))
             .map_err(|_| AppendError::Closed)?;
+        // A dropped answer means the writer thread died with the batch in hand.
         rx.await.map_err(|_| AppendError::Closed)?
     }
 
-    /// Tells the writer that several appends are about to come from one caller (a batch), so it
-    /// puts them in one write and one sync rather than starting on the first alone. The caller
-    /// sends its appends, then drops the [`Hold`]; a hold never released only costs each write
-    /// a wait of [`HOLD_WAIT`].
-    pub fn hold(&self) -> Hold {
-        // A closed channel shows up in the appends that follow.
-        let _ = self.tx.send(Command::Hold);
-        Hold {
-            tx: self.tx.clone(),
-        }
+    /// Appends one message: a batch of one.
+    pub async fn append(&self, message: String, request_id: String) -> Result<Record, AppendError> {
+        let mut records = self
+            .append_many(vec![Append {
+                message,
+                request_id,
+            }])
+            .await?;
+        records.pop().ok_or(AppendError::Closed)
     }
 
     /// Waits until everything written so far is synced (used at shutdown with `--fsync never`).
@@ -249,32 +273,120 @@ impl DataFile {
     }
 
     /// Follows whether the file takes writes: false after a failed write, true again once a
-    /// probe write succeeds.
+    /// probe write succeeds; false for good (and then closed) once the writer thread stopped.
     pub fn healthy(&self) -> watch::Receiver<bool> {
         self.healthy.clone()
     }
 
-    /// Reads the durable records, oldest first, calling `each` until it returns false. Blocking:
-    /// call it from `spawn_blocking`.
-    pub fn read(&self, mut each: impl FnMut(Record) -> bool) -> io::Result<()> {
+    /// A reader of the records durable now, oldest first. Blocking (it opens the file): call it
+    /// from `spawn_blocking`, like [`Cursor::next_chunk`].
+    pub fn cursor(&self) -> io::Result<Cursor> {
         let len = self.durable_len.load(Ordering::Acquire);
-        let reader = BufReader::new(File::open(&self.path)?.take(len));
-        for line in reader.lines() {
-            let line = line?;
-            match serde_json::from_str::<Record>(&line) {
-                Ok(record) => {
-                    if !each(record) {
-                        break;
-                    }
-                }
-                // Opening validated every line below `durable_len` and the writer only adds
-                // valid ones, so this means someone edited the file underneath us.
-                Err(e) => {
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-                }
+        Ok(Cursor {
+            reader: BufReader::new(File::open(&self.path)?.take(len)),
+            line: Vec::new(),
+        })
+    }
+}
+
+/// A position in the data file's durable records; see [`DataFile::cursor`].
+pub struct Cursor {
+    reader: BufReader<io::Take<File>>,
+    /// Reused line buffer.
+    line: Vec<u8>,
+}
+
+impl Cursor {
+    /// The next records: at most `max_records`, and no more once their lines reach `max_bytes`
+    /// (a single record may exceed it). Empty at the end. Blocking: call it from
+    /// `spawn_blocking`.
+    pub fn next_chunk(&mut self, max_records: usize, max_bytes: usize) -> io::Result<Vec<Record>> {
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        while records.len() < max_records && bytes < max_bytes {
+            self.line.clear();
+            let n = self.reader.read_until(b'\n', &mut self.line)?;
+            if n == 0 {
+                break;
             }
+            bytes += n;
+            let text = self.line.strip_suffix(b"\n").unwrap_or(&self.line);
+            // Opening validated every line below the durable length and the writer only adds
+            // valid ones, so this means someone edited the file underneath us.
+            let record = serde_json::from_slice(text)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            records.push(record);
         }
-        Ok(())
+        Ok(records)
+    }
+}
+
+/// Creates `dir` and any missing parents, syncing each parent whose new entry it made, so the
+/// folders survive a crash with the file in them.
+fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    std::fs::create_dir_all(dir)?;
+    for created in missing {
+        if let Some(parent) = created.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// Syncs a folder, making the names created in it durable (`""` is the current folder).
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// Copies everything from `good_len` on into a new side file in `dir`, syncs it and its name,
+/// then cuts it from `file`. Returns the side file, or it and the error.
+fn move_tail_aside(
+    file: &mut File,
+    dir: &Path,
+    good_len: u64,
+) -> Result<PathBuf, (PathBuf, io::Error)> {
+    let stamp = Utc::now().format("%Y-%m-%dT%H-%M-%S%.3fZ");
+    let base = format!("{FILE_NAME}.corrupt-{stamp}");
+    let mut side_path = dir.join(&base);
+    let mut side = None;
+    // Two openings in one millisecond would collide: number the later ones.
+    for n in 1..=100 {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&side_path)
+        {
+            Ok(f) => {
+                side = Some(f);
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                side_path = dir.join(format!("{base}-{n}"));
+            }
+            Err(e) => return Err((side_path, e)),
+        }
+    }
+    let Some(mut side) = side else {
+        let e = io::Error::new(io::ErrorKind::AlreadyExists, "too many side files");
+        return Err((side_path, e));
+    };
+    let result = (|| {
+        file.seek(SeekFrom::Start(good_len))?;
+        io::copy(file, &mut side)?;
+        side.sync_all()?;
+        sync_dir(dir)?;
+        file.set_len(good_len)?;
+        file.sync_all()
+    })();
+    match result {
+        Ok(()) => Ok(side_path),
+        Err(e) => Err((side_path, e)),
     }
 }
 
@@ -290,7 +402,7 @@ fn scan(file: &mut File, path: &Path, recent: usize) -> Result<(Loaded, u64), Op
     let mut recent_records = VecDeque::new();
     let mut offset = 0u64;
     let mut good_len = 0u64;
-    // The line number and offset of the first bad line, once one is seen.
+    // The line number of the first bad line, once one is seen.
     let mut first_bad: Option<u64> = None;
     let mut line_no = 0u64;
     let mut line = Vec::new();
@@ -348,31 +460,68 @@ fn probe_write(dir: &Path) -> io::Result<()> {
     let path = dir.join(".write-probe");
     let result = (|| {
         let mut f = File::create(&path)?;
-        f.write_all(&[0u8; 4096])?;
+        Write::write_all(&mut f, &[0u8; 4096])?;
         f.sync_all()
     })();
     let _ = std::fs::remove_file(&path);
     result
 }
 
+/// The file operations the writer uses: a `File` opened for appending. A trait only so that
+/// unit tests can make one of them fail the way a disk does.
+trait Storage: Send + 'static {
+    /// Appends `buf` at the end of the file.
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()>;
+    fn sync_data(&mut self) -> io::Result<()>;
+    fn sync_all(&mut self) -> io::Result<()>;
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+}
+
+impl Storage for File {
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        Write::write_all(self, buf)
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        File::sync_data(self)
+    }
+    fn sync_all(&mut self) -> io::Result<()> {
+        File::sync_all(self)
+    }
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        File::set_len(self, len)
+    }
+}
+
 /// The writer thread's state.
-struct Writer {
-    file: File,
+struct Writer<S: Storage> {
+    file: S,
     dir: PathBuf,
     fsync: Fsync,
     /// Length of the file made of complete records.
     len: u64,
+    /// A failed write may have left bytes past `len` that could not be cut yet: nothing is
+    /// written until they are, or the next record would follow a torn one.
+    rollback_pending: bool,
     durable_len: Arc<AtomicU64>,
     healthy: watch::Sender<bool>,
     /// The last stamp given, so stamps never go backwards even if the clock does.
     last_stamp: Option<DateTime<Utc>>,
-    /// Reused batch buffer.
+    /// Reused write buffer.
     buf: Vec<u8>,
-    /// Callers between [`DataFile::hold`] and the drop of their [`Hold`].
-    holds: usize,
 }
 
-impl Writer {
+impl<S: Storage> Drop for Writer<S> {
+    /// However the thread ends (its last handle dropped, or a panic), the file no longer takes
+    /// writes: say so before the health channel closes.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(path = %self.dir.display(), "the data file writer thread panicked; no more writes");
+        }
+        self.healthy.send_replace(false);
+    }
+}
+
+impl<S: Storage> Writer<S> {
     fn run(mut self, rx: std_mpsc::Receiver<Command>) {
         loop {
             let first = if *self.healthy.borrow() {
@@ -390,45 +539,49 @@ impl Writer {
                     Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             };
-            let mut batch = Vec::new();
+            // Group commit: every command already waiting joins this write, up to a bound.
+            let mut batches = Vec::new();
+            let mut records = 0;
             let mut syncs = Vec::new();
             let mut next = Some(first);
-            loop {
-                while let Some(command) = next.take() {
-                    match command {
-                        Command::Append(a) => batch.push(a),
-                        Command::Sync(done) => syncs.push(done),
-                        Command::Hold => self.holds += 1,
-                        Command::Release => self.holds = self.holds.saturating_sub(1),
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Append(batch) => {
+                        records += batch.appends.len();
+                        batches.push(batch);
                     }
-                    if batch.len() >= MAX_BATCH {
-                        break;
-                    }
-                    next = rx.try_recv().ok();
+                    Command::Sync(done) => syncs.push(done),
                 }
-                // A holder is still handing over its appends (microseconds): wait for them
-                // rather than syncing twice.
-                if self.holds == 0 || batch.len() >= MAX_BATCH {
+                if records >= MAX_WRITE_RECORDS {
                     break;
                 }
-                match rx.recv_timeout(HOLD_WAIT) {
-                    Ok(command) => next = Some(command),
-                    Err(_) => break,
-                }
+                next = rx.try_recv().ok();
             }
-            if !batch.is_empty() {
-                self.write_batch(batch);
+            if !batches.is_empty() {
+                self.write(batches);
             }
             for done in syncs {
                 let _ = done.send(self.file.sync_data());
             }
+        }
+        if self.rollback_pending {
+            self.roll_back();
         }
         if let Err(e) = self.file.sync_all() {
             tracing::error!(error = %e, "final sync of the data file failed");
         }
     }
 
-    fn write_batch(&mut self, batch: Vec<Append>) {
+    /// Writes every batch with one write and one sync, then answers each.
+    fn write(&mut self, batches: Vec<Batch>) {
+        if self.rollback_pending && !self.roll_back() {
+            tracing::error!(path = %self.dir.display(), batches = batches.len(), "refusing to write after a failed write that is not rolled back yet");
+            for batch in batches {
+                let e = io::Error::other("the last failed write is still in the file");
+                let _ = batch.done.send(Err(AppendError::RollbackPending(e)));
+            }
+            return;
+        }
         let now = Utc::now();
         let stamp = match self.last_stamp {
             Some(last) if last > now => last,
@@ -437,20 +590,22 @@ impl Writer {
         self.last_stamp = Some(stamp);
         let stored_at = crate::time::format(stamp);
         self.buf.clear();
-        let mut records = Vec::with_capacity(batch.len());
-        let mut waiters = Vec::with_capacity(batch.len());
-        for a in batch {
-            let record = Record {
-                id: uuid::Uuid::now_v7().to_string(),
-                stored_at: stored_at.clone(),
-                message: a.message,
-                request_id: a.request_id,
-            };
-            // Serializing a struct of strings into a Vec cannot fail.
-            serde_json::to_writer(&mut self.buf, &record).expect("JSON of strings");
-            self.buf.push(b'\n');
-            records.push(record);
-            waiters.push(a.done);
+        let mut answers = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let mut records = Vec::with_capacity(batch.appends.len());
+            for a in batch.appends {
+                let record = Record {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    stored_at: stored_at.clone(),
+                    message: a.message,
+                    request_id: a.request_id,
+                };
+                // Serializing a struct of strings into a Vec cannot fail.
+                serde_json::to_writer(&mut self.buf, &record).expect("JSON of strings");
+                self.buf.push(b'\n');
+                records.push(record);
+            }
+            answers.push((records, batch.done));
         }
         let result = self
             .file
@@ -465,43 +620,48 @@ impl Writer {
                 self.durable_len.store(self.len, Ordering::Release);
                 self.healthy
                     .send_if_modified(|healthy| !std::mem::replace(healthy, true));
-                for (record, done) in records.into_iter().zip(waiters) {
-                    let _ = done.send(Ok(record));
+                for (records, done) in answers {
+                    let _ = done.send(Ok(records));
                 }
             }
             Err(e) => {
-                tracing::error!(path = %self.dir.display(), error = %e, records = waiters.len(), "write failed; rolling back the batch");
+                let records: usize = answers.iter().map(|(r, _)| r.len()).sum();
+                tracing::error!(path = %self.dir.display(), error = %e, records, "write failed; rolling it back");
+                self.rollback_pending = true;
                 self.roll_back();
                 self.healthy.send_replace(false);
-                for done in waiters {
-                    let _ = done.send(Err(AppendError::Io(io::Error::new(
-                        e.kind(),
-                        e.to_string(),
-                    ))));
+                for (_, done) in answers {
+                    let e = io::Error::new(e.kind(), e.to_string());
+                    let _ = done.send(Err(AppendError::Io(e)));
                 }
             }
         }
     }
 
-    /// Cuts whatever part of a failed batch reached the file, so no partial record stays.
-    fn roll_back(&mut self) {
-        if let Err(e) = self
+    /// Cuts whatever part of a failed write reached the file, so no partial record stays.
+    /// Returns whether the file now ends with a complete record.
+    fn roll_back(&mut self) -> bool {
+        match self
             .file
             .set_len(self.len)
             .and_then(|()| self.file.sync_data())
         {
-            tracing::error!(error = %e, "cannot roll back a failed write; will retry before the next write");
+            Ok(()) => {
+                if self.rollback_pending {
+                    tracing::info!(path = %self.dir.display(), "failed write rolled back");
+                }
+                self.rollback_pending = false;
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot roll back a failed write; retrying before the next write");
+                false
+            }
         }
     }
 
     fn try_recover(&mut self) {
-        let rolled_back = self
-            .file
-            .metadata()
-            .map(|m| m.len() == self.len)
-            .unwrap_or(false);
-        if !rolled_back {
-            self.roll_back();
+        if self.rollback_pending && !self.roll_back() {
             return;
         }
         if probe_write(&self.dir).is_ok() {
@@ -512,23 +672,116 @@ impl Writer {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use futures::FutureExt;
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    /// Faults a [`Faulty`] file injects, and what it counted.
+    #[derive(Default)]
+    pub(crate) struct Faults {
+        /// The next writes this many times write half their bytes, then fail (a disk that
+        /// filled up mid-write).
+        pub torn_writes: u32,
+        /// Truncations that fail, this many times.
+        pub set_len_failures: u32,
+        /// The next write panics, killing the writer thread.
+        pub panic_on_write: bool,
+        /// The next write says it started, then waits to be released.
+        pub gate: Option<(
+            tokio::sync::mpsc::UnboundedSender<()>,
+            std_mpsc::Receiver<()>,
+        )>,
+        /// Writes and syncs that reached the file.
+        pub writes: u32,
+        pub syncs: u32,
+    }
+
+    /// A real data file whose operations fail when [`Faults`] says so.
+    pub(crate) struct Faulty {
+        file: File,
+        faults: Arc<Mutex<Faults>>,
+    }
+
+    impl Storage for Faulty {
+        fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+            let mut faults = self.faults.lock().unwrap();
+            if let Some((entered, release)) = faults.gate.take() {
+                drop(faults);
+                let _ = entered.send(());
+                let _ = release.recv();
+                faults = self.faults.lock().unwrap();
+            }
+            if std::mem::take(&mut faults.panic_on_write) {
+                drop(faults);
+                panic!("injected fault: the writer thread dies");
+            }
+            if faults.torn_writes > 0 {
+                faults.torn_writes -= 1;
+                Write::write_all(&mut self.file, &buf[..buf.len() / 2])?;
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "injected fault: disk full mid-write",
+                ));
+            }
+            faults.writes += 1;
+            Write::write_all(&mut self.file, buf)
+        }
+        fn sync_data(&mut self) -> io::Result<()> {
+            self.faults.lock().unwrap().syncs += 1;
+            self.file.sync_data()
+        }
+        fn sync_all(&mut self) -> io::Result<()> {
+            self.file.sync_all()
+        }
+        fn set_len(&mut self, len: u64) -> io::Result<()> {
+            let mut faults = self.faults.lock().unwrap();
+            if faults.set_len_failures > 0 {
+                faults.set_len_failures -= 1;
+                return Err(io::Error::other("injected fault: truncate failed"));
+            }
+            self.file.set_len(len)
+        }
+    }
+
+    /// Opens `dir`'s data file with its writer's operations under `faults`' control.
+    pub(crate) fn open_faulty(dir: &Path, faults: &Arc<Mutex<Faults>>) -> (DataFile, Loaded) {
+        let faults = faults.clone();
+        DataFile::open_with(dir, Fsync::Always, 100, |file| Faulty { file, faults }).unwrap()
+    }
 
     fn open(dir: &Path) -> (DataFile, Loaded) {
         DataFile::open(dir, Fsync::Always, 100).unwrap()
     }
 
     fn read_all(file: &DataFile) -> Vec<Record> {
+        let mut cursor = file.cursor().unwrap();
         let mut out = Vec::new();
-        file.read(|r| {
-            out.push(r);
-            true
-        })
-        .unwrap();
-        out
+        loop {
+            let chunk = cursor.next_chunk(7, usize::MAX).unwrap();
+            if chunk.is_empty() {
+                return out;
+            }
+            out.extend(chunk);
+        }
     }
 
+    fn appends(prefix: &str, n: usize) -> Vec<Append> {
+        (0..n)
+            .map(|i| Append {
+                message: format!("{prefix}{i}"),
+                request_id: String::new(),
+            })
+            .collect()
+    }
+
+    fn messages(records: &[Record]) -> Vec<String> {
+        records.iter().map(|r| r.message.clone()).collect()
+    }
+
+    /// Any UTF-8 text survives the file byte for byte, and a reopened file reloads the recent
+    /// request ids.
     #[tokio::test]
     async fn records_round_trip_byte_for_byte() {
         let dir = tempfile::tempdir().unwrap();
@@ -548,62 +801,186 @@ mod tests {
         assert_eq!(read_all(&again)[0].message, odd);
     }
 
-    #[tokio::test]
-    async fn appends_under_one_hold_share_one_write_and_a_lost_hold_only_delays() {
+    /// `append_many` answers with the batch's records in its order, written contiguously with
+    /// one time stamp, whatever other batches run at the same time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn append_many_keeps_order_and_one_write_has_one_stamp() {
         let dir = tempfile::tempdir().unwrap();
         let (file, _) = open(dir.path());
-        // As the Datanode service hands over a batch: every append in one poll, then release.
-        let mut hold = Some(file.hold());
-        let appends = (0..50).map(|i| file.append(format!("m{i}"), String::new()));
-        let mut all = std::pin::pin!(futures::future::join_all(appends));
-        let records = std::future::poll_fn(|cx| {
-            let polled = all.as_mut().poll(cx);
-            hold.take();
-            polled
-        })
-        .await;
-        // One write stamps every record in it with the same time.
-        let stamps: std::collections::HashSet<String> =
-            records.into_iter().map(|r| r.unwrap().stored_at).collect();
-        assert_eq!(stamps.len(), 1, "{stamps:?}");
-
-        // A hold that is never released holds each write back by HOLD_WAIT, no more.
-        std::mem::forget(file.hold());
-        let late = tokio::time::timeout(
-            Duration::from_secs(5),
-            file.append("still written".into(), String::new()),
-        )
-        .await;
-        assert!(late.unwrap().is_ok());
-        assert_eq!(read_all(&file).len(), 51);
-    }
-
-    #[tokio::test]
-    async fn concurrent_appends_are_all_durable_and_stamps_never_decrease() {
-        let dir = tempfile::tempdir().unwrap();
-        let (file, _) = open(dir.path());
-        let tasks: Vec<_> = (0..200)
-            .map(|i| {
+        let tasks: Vec<_> = (0..20)
+            .map(|b| {
                 let file = file.clone();
-                tokio::spawn(async move { file.append(format!("m{i}"), String::new()).await })
+                tokio::spawn(async move { file.append_many(appends(&format!("b{b}-"), 50)).await })
             })
             .collect();
+        let mut batches = Vec::new();
         for t in tasks {
-            t.await.unwrap().unwrap();
+            batches.push(t.await.unwrap().unwrap());
         }
-        let records = read_all(&file);
-        assert_eq!(records.len(), 200);
-        assert!(records.windows(2).all(|w| w[0].stored_at <= w[1].stored_at));
+        let on_disk = read_all(&file);
+        assert_eq!(on_disk.len(), 20 * 50);
+        for (b, records) in batches.iter().enumerate() {
+            let expected: Vec<String> = (0..50).map(|i| format!("b{b}-{i}")).collect();
+            assert_eq!(messages(records), expected);
+            let stamps: HashSet<&str> = records.iter().map(|r| r.stored_at.as_str()).collect();
+            assert_eq!(
+                stamps.len(),
+                1,
+                "one batch, one write, one stamp: {stamps:?}"
+            );
+            let start = on_disk.iter().position(|r| r.id == records[0].id).unwrap();
+            assert_eq!(
+                &on_disk[start..start + 50],
+                &records[..],
+                "written contiguously"
+            );
+        }
+        assert!(on_disk.windows(2).all(|w| w[0].stored_at <= w[1].stored_at));
+        assert!(file.append_many(Vec::new()).await.unwrap().is_empty());
     }
 
+    /// Batches that wait while the writer is busy go out together: one write and one sync for
+    /// all of them (group commit across callers).
     #[tokio::test]
-    async fn a_torn_tail_is_truncated_and_complete_lines_kept() {
+    async fn batches_waiting_for_the_writer_share_one_write_and_one_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let (file, _) = open_faulty(dir.path(), &faults);
+        let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+        let (release, gate) = std_mpsc::channel();
+        faults.lock().unwrap().gate = Some((entered_tx, gate));
+
+        let first = tokio::spawn({
+            let file = file.clone();
+            async move { file.append_many(appends("first", 3)).await }
+        });
+        entered.recv().await.unwrap();
+        // The writer is inside the first write: hand over 19 batches (a first poll sends each).
+        let mut waiting: Vec<_> = (0..19)
+            .map(|b| Box::pin(file.append_many(appends(&format!("w{b}-"), 5))))
+            .collect();
+        for batch in &mut waiting {
+            assert!(batch.now_or_never().is_none());
+        }
+        {
+            let f = faults.lock().unwrap();
+            assert_eq!((f.writes, f.syncs), (0, 0));
+        }
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        let grouped = futures::future::join_all(waiting).await;
+        let stamps: HashSet<String> = grouped
+            .into_iter()
+            .flat_map(|b| b.unwrap().into_iter().map(|r| r.stored_at))
+            .collect();
+        assert_eq!(stamps.len(), 1);
+        let f = faults.lock().unwrap();
+        assert_eq!(
+            (f.writes, f.syncs),
+            (2, 2),
+            "the 19 waiting batches took one write and one sync"
+        );
+    }
+
+    /// A write that fails halfway whose rollback fails too is rolled back before the next write:
+    /// the next record never follows a torn one, and the file reopens whole.
+    #[tokio::test]
+    async fn a_failed_rollback_is_retried_before_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let (file, _) = open_faulty(dir.path(), &faults);
+        file.append("a".into(), String::new()).await.unwrap();
+        {
+            let mut f = faults.lock().unwrap();
+            f.torn_writes = 1;
+            f.set_len_failures = 1;
+        }
+        let failed = file.append("torn".repeat(100), String::new()).await;
+        assert!(matches!(failed, Err(AppendError::Io(_))), "{failed:?}");
+        let path = dir.path().join(FILE_NAME);
+        let torn_len = std::fs::metadata(&path).unwrap().len();
+
+        file.append("c".into(), String::new()).await.unwrap();
+        assert_eq!(messages(&read_all(&file)), ["a", "c"]);
+        assert!(std::fs::metadata(&path).unwrap().len() < torn_len + 10);
+        drop(file);
+        let (_, loaded) = open(dir.path());
+        assert_eq!(loaded.count, 2);
+        assert_eq!(loaded.truncated_bytes, 0);
+    }
+
+    /// While the rollback keeps failing every batch fails without writing a byte; once the
+    /// truncation works the next batch is written after the last good record.
+    #[tokio::test]
+    async fn a_rollback_that_keeps_failing_fails_the_next_batches_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let (file, _) = open_faulty(dir.path(), &faults);
+        file.append("a".into(), String::new()).await.unwrap();
+        {
+            let mut f = faults.lock().unwrap();
+            f.torn_writes = 1;
+            f.set_len_failures = u32::MAX;
+        }
+        assert!(file.append("torn".into(), String::new()).await.is_err());
+        let path = dir.path().join(FILE_NAME);
+        let torn = std::fs::read(&path).unwrap();
+        for _ in 0..3 {
+            let refused = file.append_many(appends("refused", 4)).await;
+            assert!(
+                matches!(refused, Err(AppendError::RollbackPending(_))),
+                "{refused:?}"
+            );
+            assert_eq!(std::fs::read(&path).unwrap(), torn, "nothing written");
+        }
+        faults.lock().unwrap().set_len_failures = 0;
+        file.append("d".into(), String::new()).await.unwrap();
+        assert_eq!(messages(&read_all(&file)), ["a", "d"]);
+        drop(file);
+        assert_eq!(open(dir.path()).1.count, 2);
+    }
+
+    /// A writer thread that dies (here a panic) fails every later append at once with a clear
+    /// error, instead of leaving it waiting, and reports the file unhealthy.
+    #[tokio::test]
+    async fn a_dead_writer_fails_appends_with_a_clear_error_and_turns_unhealthy() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let (file, _) = open_faulty(dir.path(), &faults);
+        let mut healthy = file.healthy();
+        assert!(*healthy.borrow_and_update());
+        faults.lock().unwrap().panic_on_write = true;
+        for _ in 0..2 {
+            let err = tokio::time::timeout(
+                Duration::from_secs(10),
+                file.append("x".into(), String::new()),
+            )
+            .await
+            .expect("an append to a dead writer answers")
+            .unwrap_err();
+            assert!(matches!(err, AppendError::Closed));
+            assert!(err.to_string().contains("writer has stopped"), "{err}");
+        }
+        // The thread may still be unwinding: wait for the channel to close, false last.
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            while healthy.changed().await.is_ok() {}
+        })
+        .await;
+        assert!(closed.is_ok(), "the health channel closes");
+        assert!(!*healthy.borrow());
+    }
+
+    /// A torn tail is moved, byte for byte, to `messages.jsonl.corrupt-<time>` with the complete
+    /// lines kept; each opening makes its own side file.
+    #[tokio::test]
+    async fn a_torn_tail_is_moved_to_a_side_file_with_its_bytes_intact() {
         let dir = tempfile::tempdir().unwrap();
         let (file, _) = open(dir.path());
         file.append("kept".into(), String::new()).await.unwrap();
         drop(file);
         let path = dir.path().join(FILE_NAME);
         let good = std::fs::read(&path).unwrap();
+        let mut sides = HashSet::new();
         for torn in [
             &b"{\"id\":\"x\",\"mess"[..],
             b"not json\n",
@@ -617,22 +994,63 @@ mod tests {
             assert_eq!(loaded.truncated_bytes, torn.len() as u64);
             assert_eq!(std::fs::read(&path).unwrap(), good);
             assert_eq!(read_all(&file)[0].message, "kept");
+            let side = loaded.side_file.expect("a side file");
+            assert_eq!(side.parent(), Some(dir.path()));
+            let name = side.file_name().unwrap().to_str().unwrap().to_string();
+            assert!(name.starts_with("messages.jsonl.corrupt-20"), "{name}");
+            assert!(!name.contains(':'), "{name}");
+            assert_eq!(std::fs::read(&side).unwrap(), torn);
+            assert!(sides.insert(side));
         }
+        let (_, clean) = open(dir.path());
+        assert_eq!(clean.side_file, None);
     }
 
+    /// An invalid line followed by valid ones is no crash's doing: opening refuses and names the
+    /// line, and the file is left as it was.
     #[tokio::test]
     async fn an_invalid_line_before_valid_ones_refuses_to_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
         let valid =
             r#"{"id":"a","stored_at":"2026-01-01T00:00:00.000Z","message":"m","request_id":""}"#;
-        std::fs::write(&path, format!("{valid}\ngarbage\n{valid}\n")).unwrap();
+        let text = format!("{valid}\ngarbage\n{valid}\n");
+        std::fs::write(&path, &text).unwrap();
         match DataFile::open(dir.path(), Fsync::Always, 10) {
             Err(OpenError::Corrupt { line, .. }) => assert_eq!(line, 2),
             other => panic!("expected Corrupt, got {:?}", other.map(|_| ())),
         }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     }
 
+    /// A cursor reads in chunks bounded by count and bytes, and sees only the records that were
+    /// durable when it was made.
+    #[tokio::test]
+    async fn a_cursor_reads_bounded_chunks_of_what_was_durable_when_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, _) = open(dir.path());
+        file.append_many(appends("m", 10)).await.unwrap();
+        let mut cursor = file.cursor().unwrap();
+        file.append("later".into(), String::new()).await.unwrap();
+        assert_eq!(cursor.next_chunk(4, usize::MAX).unwrap().len(), 4);
+        // One line is about 120 bytes: a 1-byte budget still yields one record.
+        assert_eq!(messages(&cursor.next_chunk(100, 1).unwrap()), ["m4"]);
+        assert_eq!(cursor.next_chunk(100, 250).unwrap().len(), 3);
+        assert_eq!(cursor.next_chunk(100, usize::MAX).unwrap().len(), 2);
+        assert!(cursor.next_chunk(100, usize::MAX).unwrap().is_empty());
+    }
+
+    /// Missing folders on the way to the data directory are created.
+    #[tokio::test]
+    async fn missing_data_folders_are_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b/c");
+        let (file, _) = open(&deep);
+        file.append("m".into(), String::new()).await.unwrap();
+        assert!(deep.join(FILE_NAME).exists());
+    }
+
+    /// A data directory that cannot be made is a clear error naming the path.
     #[test]
     fn an_unusable_data_dir_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();

@@ -31,6 +31,12 @@ struct Args {
     /// always: reply only after the record is synced to disk (group commit); never: faster, and a machine crash can lose replies already sent.
     #[arg(long, env = "REGISTRO_FSYNC", value_enum, default_value = "always")]
     fsync: Fsync,
+    /// List streams open at once; one more is answered RESOURCE_EXHAUSTED.
+    #[arg(long, env = "REGISTRO_MAX_LISTS", default_value_t = datanode::store::DEFAULT_MAX_LISTS)]
+    max_lists: usize,
+    /// A List stream whose reader takes no message for this long ends with ABORTED.
+    #[arg(long, env = "REGISTRO_LIST_IDLE_TIMEOUT", default_value = "30s", value_parser = registro::config::parse_duration)]
+    list_idle_timeout: std::time::Duration,
     #[command(flatten)]
     common: registro::server::CommonArgs,
 }
@@ -55,6 +61,8 @@ async fn main() -> anyhow::Result<()> {
         dedupe: args.common.dedupe_limits(),
         limits: args.common.limits.limits(),
         shutdown_grace: args.common.shutdown_grace,
+        max_lists: args.max_lists,
+        list_idle_timeout: args.list_idle_timeout,
     };
     let grace = config.shutdown_grace;
     registro::server::run_until_signal(

@@ -44,6 +44,10 @@ pub struct Config {
     pub limits: crate::limits::Limits,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// List streams open at once; one more is RESOURCE_EXHAUSTED.
+    pub max_lists: usize,
+    /// A List whose reader takes no message for this long ends with ABORTED.
+    pub list_idle_timeout: Duration,
 }
 
 impl Config {
@@ -59,6 +63,8 @@ impl Config {
             dedupe: Default::default(),
             limits: Default::default(),
             shutdown_grace: Duration::from_secs(5),
+            max_lists: store::DEFAULT_MAX_LISTS,
+            list_idle_timeout: store::DEFAULT_LIST_IDLE_TIMEOUT,
         }
     }
 }
@@ -85,14 +91,24 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    let (file, loaded) = DataFile::open(&config.data_dir, config.fsync, config.dedupe.entries)?;
+    run(listener, config, file, loaded, shutdown).await
+}
+
+/// [`serve`] with the data file already open.
+async fn run(
+    listener: TcpListener,
+    config: Config,
+    file: DataFile,
+    loaded: data_file::Loaded,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     let local = listener.local_addr().map_err(Error::Listener)?;
     let advertise = match &config.advertise {
         Some(a) => a.clone(),
         None => default_advertise(local),
     };
     crate::config::check_host_port(&advertise).map_err(Error::Advertise)?;
-
-    let (file, loaded) = DataFile::open(&config.data_dir, config.fsync, config.dedupe.entries)?;
     tracing::info!(
         name = %config.name,
         listen = %local,
@@ -117,20 +133,13 @@ pub async fn serve(
             .max_encoding_message_size(server::MAX_GRPC_BATCH_BYTES),
     );
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(follow_disk_health(
-        file.healthy(),
-        health.clone(),
-        stop_rx.clone(),
-    ));
+    let mut followers = server::Followers::new();
+    let (healthy, reporter) = (file.healthy(), health.clone());
+    followers.spawn(|stop| follow_disk_health(healthy, reporter, stop));
     if let Some(headnode) = &config.headnode {
-        tasks.spawn(register::run(
-            headnode.clone(),
-            config.name.clone(),
-            advertise.clone(),
-            stop_rx,
-        ));
+        let (headnode, name, advertise) =
+            (headnode.clone(), config.name.clone(), advertise.clone());
+        followers.spawn(|stop| register::run(headnode, name, advertise, stop));
     }
 
     tracing::info!("listening on {local}");
@@ -139,12 +148,12 @@ pub async fn serve(
         &tracker,
         listener,
         health,
-        shutdown,
+        followers.stop_after(shutdown),
         config.shutdown_grace,
     )
     .await;
-    let _ = stop_tx.send(true);
-    tasks.join_all().await;
+    // Already done unless the server failed before a shutdown.
+    followers.stop().await;
     if let Err(e) = file.sync().await {
         tracing::error!(error = %e, "final sync of the data file failed");
     }
@@ -165,28 +174,119 @@ fn default_advertise(local: SocketAddr) -> String {
 
 /// Mirrors the data file's health into the health protocol: a datanode that cannot write
 /// reports `registro.v1.Store` (and `registro.v1.Datanode`) NOT_SERVING, so the headnode routes
-/// elsewhere.
+/// elsewhere; a writer thread that stopped leaves them NOT_SERVING for good. Returns when `stop`
+/// turns true, before the shutdown sequence turns every status off.
 async fn follow_disk_health(
     mut healthy: tokio::sync::watch::Receiver<bool>,
     health: Health,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        tokio::select! {
-            changed = healthy.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let ok = *healthy.borrow_and_update();
-                if ok {
-                    tracing::info!("disk healthy again: Store SERVING");
-                } else {
-                    tracing::warn!("disk writes failing: Store NOT_SERVING");
-                }
-                health.set(crate::STORE_SERVICE, ok).await;
-                health.set(crate::DATANODE_SERVICE, ok).await;
-            }
-            _ = stop.changed() => return,
+        let writer_alive = tokio::select! {
+            changed = healthy.changed() => changed.is_ok(),
+            _ = stop.wait_for(|stopped| *stopped) => return,
+        };
+        if !writer_alive {
+            tracing::error!("the data file writer stopped: Store NOT_SERVING until restarted");
+            health.set(crate::STORE_SERVICE, false).await;
+            health.set(crate::DATANODE_SERVICE, false).await;
+            // Nothing can change any more; wait to be stopped like the other followers.
+            let _ = stop.wait_for(|stopped| *stopped).await;
+            return;
         }
+        let ok = *healthy.borrow_and_update();
+        if ok {
+            tracing::info!("disk healthy again: Store SERVING");
+        } else {
+            tracing::warn!("disk writes failing: Store NOT_SERVING");
+        }
+        health.set(crate::STORE_SERVICE, ok).await;
+        health.set(crate::DATANODE_SERVICE, ok).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::StoreRequest;
+    use crate::pb::store_client::StoreClient;
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+
+    /// A writer thread that dies (a panic inside a write) turns `registro.v1.Store` and
+    /// `registro.v1.Datanode` NOT_SERVING, and a Store answers UNAVAILABLE at once, saying why,
+    /// instead of hanging.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_writer_thread_turns_health_not_serving_and_stores_fail_fast() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Mutex::new(data_file::tests::Faults::default()));
+        let (file, loaded) = data_file::tests::open_faulty(dir.path(), &faults);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let node = tokio::spawn(run(
+            listener,
+            Config::new("d", dir.path()),
+            file,
+            loaded,
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let channel = crate::config::endpoint(&url, Duration::from_secs(2))
+            .unwrap()
+            .connect_lazy();
+        let status_of = |service: &'static str| {
+            let mut health = HealthClient::new(channel.clone());
+            async move {
+                health
+                    .check(HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner().status())
+            }
+        };
+        let start = Instant::now();
+        while status_of(crate::STORE_SERVICE).await != Some(ServingStatus::Serving) {
+            assert!(start.elapsed() < Duration::from_secs(15), "never SERVING");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        faults.lock().unwrap().panic_on_write = true;
+        let mut store = StoreClient::new(channel.clone());
+        for _ in 0..2 {
+            let refused = tokio::time::timeout(
+                Duration::from_secs(10),
+                store.store(StoreRequest {
+                    message: "m".into(),
+                    request_id: String::new(),
+                }),
+            )
+            .await
+            .expect("a Store answers")
+            .unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+            assert!(
+                refused.message().contains("writer has stopped"),
+                "{refused:?}"
+            );
+        }
+        let start = Instant::now();
+        for service in [crate::STORE_SERVICE, crate::DATANODE_SERVICE] {
+            while status_of(service).await != Some(ServingStatus::NotServing) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(15),
+                    "{service} still SERVING"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        stop.send(()).unwrap();
+        node.await.unwrap().unwrap();
     }
 }

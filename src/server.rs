@@ -1,7 +1,8 @@
 //! What every registro server shares: the health service, reflection, and the shutdown sequence.
 //!
-//! Shutdown, in order: the caller's `shutdown` future resolves (SIGTERM, SIGINT, or a test);
-//! every health status turns NOT_SERVING and health Watch streams are closed, so they cannot hold
+//! Shutdown, in order: the caller's `shutdown` future resolves (SIGTERM, SIGINT, or a test),
+//! and a role stops its [`Followers`] inside it, so no task can set SERVING again; then every
+//! health status turns NOT_SERVING and health Watch streams are closed, so they cannot hold
 //! the server open; the listener stops accepting and open connections are told to go away;
 //! in-flight requests get up to the grace period to finish; then [`serve`] returns and the role
 //! syncs its files.
@@ -279,6 +280,51 @@ async fn termination_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// The tasks that run beside a server and set its health (readiness, disk health) or announce
+/// it (registration). They stop *before* health turns NOT_SERVING: a role hands
+/// [`Followers::stop_after`] its shutdown signal as [`serve`]'s `shutdown` future, so a draining
+/// server never reports SERVING again.
+pub struct Followers {
+    stop: watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Default for Followers {
+    fn default() -> Self {
+        Self {
+            stop: watch::channel(false).0,
+            tasks: tokio::task::JoinSet::new(),
+        }
+    }
+}
+
+impl Followers {
+    /// No tasks yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts `task` with the stop signal it must return on (it turns true).
+    pub fn spawn<F>(&mut self, task: impl FnOnce(watch::Receiver<bool>) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task(self.stop.subscribe()));
+    }
+
+    /// Tells every task to stop and waits until each has returned (or panicked).
+    pub async fn stop(&mut self) {
+        self.stop.send_replace(true);
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Waits for `shutdown`, then [`Self::stop`]s: the `shutdown` future to give [`serve`].
+    pub async fn stop_after(&mut self, shutdown: impl Future<Output = ()>) {
+        shutdown.await;
+        self.stop().await;
     }
 }
 

@@ -476,8 +476,8 @@ async fn sigterm_turns_health_off_closes_watch_streams_and_exits_zero() {
     }
 }
 
-/// A torn last record (a crash mid-write) is cut away at start-up with a warning; every complete
-/// record is kept and served.
+/// A torn last record (a crash mid-write) is moved at start-up to a side file, byte for byte, with
+/// a warning naming it; every complete record is kept and served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_last_record_is_dropped_at_start_up_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();
@@ -500,6 +500,18 @@ async fn a_torn_last_record_is_dropped_at_start_up_with_a_warning() {
         node.log_text()
     );
     assert_eq!(std::fs::metadata(&file).unwrap().len() as usize, good);
+    let sides: Vec<_> = std::fs::read_dir(dir.path().join("d1"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("messages.jsonl.corrupt-"))
+        .collect();
+    assert_eq!(sides.len(), 1, "{sides:?}");
+    assert_eq!(std::fs::read(&sides[0]).unwrap(), &bytes[good..]);
+    assert!(
+        node.log_text()
+            .contains(&*sides[0].file_name().unwrap().to_string_lossy()),
+        "the warning names the side file"
+    );
     store(&node.url(), "after", "").await.unwrap();
     let messages: Vec<_> = records_in(&dir.path().join("d1"))
         .into_iter()
@@ -627,4 +639,117 @@ async fn a_full_disk_is_retryable_never_torn_and_recovers() {
     assert_eq!(records_in(&mnt.join("data")).len(), acked + 1);
     drop(head);
     tiny.stop().await;
+}
+
+/// A draining datanode never reports SERVING again: its disk fills up (NOT_SERVING), SIGTERM
+/// comes while an unread List holds the server open, and the disk frees up during the drain;
+/// the writer sees it, but the disk-health follower has already stopped, so health is never
+/// turned back to SERVING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_datanode_never_reports_serving_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("small");
+    let _tmpfs = Tmpfs::mount(&mnt, "16m");
+    // More than a client's 2 MiB stream window, so an unread List stays in flight.
+    let data = mnt.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut text = String::new();
+    for i in 0..4000 {
+        let record = registro::datanode::data_file::Record {
+            id: format!("id-{i}"),
+            stored_at: "2026-01-01T00:00:00.000Z".into(),
+            message: format!("{i:0>1000}"),
+            request_id: String::new(),
+        };
+        text.push_str(&serde_json::to_string(&record).unwrap());
+        text.push('\n');
+    }
+    std::fs::write(data.join("messages.jsonl"), text).unwrap();
+    let data_arg = data.to_string_lossy().to_string();
+    let mut node = Proc::spawn(
+        "datanode",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            "draining",
+            "--data-dir",
+            &data_arg,
+            "--shutdown-grace",
+            "3s",
+        ],
+        dir.path(),
+        "draining.err",
+    );
+
+    // Fill the disk to the last byte, then a Store fails and health turns NOT_SERVING.
+    let filler = mnt.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        let mut size = chunk.len();
+        while size > 0 {
+            match f.write_all(&chunk[..size]) {
+                Ok(()) => {}
+                Err(_) => size /= 2,
+            }
+        }
+    }
+    // Larger than the slack in the data file's last page.
+    let refused = store(&node.url(), &"x".repeat(60 * 1024), "")
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let url = node.url();
+    eventually("NOT_SERVING on a full disk", || {
+        let url = url.clone();
+        async move {
+            let channel = registro::config::endpoint(&url, Duration::from_secs(1))
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            let status = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: registro::STORE_SERVICE.into(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .status();
+            (status == ServingStatus::NotServing).then_some(())
+        }
+    })
+    .await;
+
+    let mut unread = store_client(&url)
+        .await
+        .list(registro::pb::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    unread.message().await.unwrap().expect("a first message");
+    node.signal("TERM");
+    node.wait_for_log("shutting down");
+    std::fs::remove_file(&filler).unwrap();
+    node.wait_for_log("takes writes again");
+    let (status, node) = tokio::task::spawn_blocking(move || {
+        let status = node.wait_exit();
+        (status, node)
+    })
+    .await
+    .unwrap();
+    let log = node.log_text();
+    assert!(status.success(), "exit {status}: {log}");
+    let drain = &log[log.find("shutting down").unwrap()..];
+    assert!(
+        drain.contains("takes writes again"),
+        "the disk recovered during the drain:\n{log}"
+    );
+    assert!(
+        !drain.contains("Store SERVING"),
+        "a draining datanode turned SERVING again:\n{log}"
+    );
+    drop(unread);
 }
