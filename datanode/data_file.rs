@@ -48,9 +48,12 @@ const RECOVERY_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// One stored message: a line of the data file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    /// Unique across the cluster (a UUIDv7: time-ordered, random in its low bits).
+    /// Unique across the cluster: derived from the request id by the headnode that forwarded
+    /// it, or a UUIDv7 (time-ordered, random in its low bits) stamped here for a Store sent to
+    /// this datanode directly.
     pub id: String,
-    /// RFC 3339 UTC with milliseconds; never decreases along the file.
+    /// RFC 3339 UTC with milliseconds. The stamps this datanode sets never decrease along the
+    /// file; a record a headnode stamped carries that headnode's time.
     pub stored_at: String,
     /// The text, exactly as the client sent it.
     pub message: String,
@@ -66,6 +69,28 @@ pub struct Append {
     pub message: String,
     /// The client's idempotency key, or empty.
     pub request_id: String,
+    /// The id and time a headnode gave the record, kept as given; `None` for a Store sent to
+    /// this datanode directly, which the writer stamps itself.
+    pub stamp: Option<Stamp>,
+}
+
+/// A record's identity as a headnode set it (see `registro.v1.Record`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    pub id: String,
+    /// RFC 3339 UTC with milliseconds, as [`crate::time::format`] writes it.
+    pub stored_at: String,
+}
+
+impl Append {
+    /// A message this datanode stamps itself.
+    pub fn new(message: String, request_id: String) -> Self {
+        Self {
+            message,
+            request_id,
+            stamp: None,
+        }
+    }
 }
 
 /// Whether an append waits for its record to be synced to disk.
@@ -254,10 +279,7 @@ impl DataFile {
     /// Appends one message: a batch of one.
     pub async fn append(&self, message: String, request_id: String) -> Result<Record, AppendError> {
         let mut records = self
-            .append_many(vec![Append {
-                message,
-                request_id,
-            }])
+            .append_many(vec![Append::new(message, request_id)])
             .await?;
         records.pop().ok_or(AppendError::Closed)
     }
@@ -594,9 +616,13 @@ impl<S: Storage> Writer<S> {
         for batch in batches {
             let mut records = Vec::with_capacity(batch.appends.len());
             for a in batch.appends {
+                let (id, stored_at) = match a.stamp {
+                    Some(given) => (given.id, given.stored_at),
+                    None => (uuid::Uuid::now_v7().to_string(), stored_at.clone()),
+                };
                 let record = Record {
-                    id: uuid::Uuid::now_v7().to_string(),
-                    stored_at: stored_at.clone(),
+                    id,
+                    stored_at,
                     message: a.message,
                     request_id: a.request_id,
                 };
@@ -769,10 +795,7 @@ pub(crate) mod tests {
 
     fn appends(prefix: &str, n: usize) -> Vec<Append> {
         (0..n)
-            .map(|i| Append {
-                message: format!("{prefix}{i}"),
-                request_id: String::new(),
-            })
+            .map(|i| Append::new(format!("{prefix}{i}"), String::new()))
             .collect()
     }
 

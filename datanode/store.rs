@@ -15,12 +15,32 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::Config;
-use super::data_file::{Append, AppendError, Cursor, DataFile, Loaded, Record};
+use super::data_file::{Append, AppendError, Cursor, DataFile, Loaded, Record, Stamp};
 use crate::dedupe::{self, Claim, Dedupe, Outcome, Ticket};
 use crate::pb::{
     self, ListRequest, StoreBatchReply, StoreBatchRequest, StoreReply, StoreRequest, StoreResult,
     StoredMessage,
 };
+
+/// Checks the id and time a headnode gave a record, and turns them into the data file's form.
+fn stamp(id: String, stored_at: Option<prost_types::Timestamp>) -> Result<Stamp, Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument(
+            "a forwarded record needs an id (the headnode derives it from the request id)",
+        ));
+    }
+    // Ids are held to the request id's rules: they reach the same files and logs.
+    dedupe::validate_request_id(&id)
+        .map_err(|s| Status::invalid_argument(s.message().replacen("request_id", "id", 1)))?;
+    let at = stored_at
+        .as_ref()
+        .and_then(crate::time::from_proto)
+        .ok_or_else(|| Status::invalid_argument("a forwarded record needs a valid stored_at"))?;
+    Ok(Stamp {
+        id,
+        stored_at: crate::time::format(at),
+    })
+}
 use crate::server::MAX_STORE_BATCH;
 
 /// The default `--list-idle-timeout`: a List whose reader takes no message for this long ends
@@ -82,6 +102,7 @@ fn reply(datanode: &str, record: &Record) -> StoreReply {
         datanode: datanode.to_string(),
         stored_at: crate::time::parse(&record.stored_at).map(crate::time::to_proto),
         receipt: crate::receipt(&record.message, datanode),
+        replicas: vec![datanode.to_string()],
     }
 }
 
@@ -118,29 +139,33 @@ impl StoreService {
         }
     }
 
-    /// Validates each message of a batch, stores the valid ones together, and answers every
-    /// message in the batch's order.
-    async fn store_many(&self, requests: Vec<StoreRequest>) -> Vec<Result<StoreReply, Status>> {
+    /// Validates each record of a batch, stores the valid ones together as they were given (id
+    /// and time included), and answers every record in the batch's order.
+    async fn store_many(&self, records: Vec<pb::Record>) -> Vec<Result<StoreReply, Status>> {
         let mut results: Vec<Option<Result<StoreReply, Status>>> = Vec::new();
         let mut valid = Vec::new();
         let mut appends = Vec::new();
         for (
             i,
-            StoreRequest {
+            pb::Record {
+                id,
+                stored_at,
                 message,
                 request_id,
             },
-        ) in requests.into_iter().enumerate()
+        ) in records.into_iter().enumerate()
         {
             match crate::validate_message(&message, self.max_message_bytes)
                 .and_then(|()| dedupe::validate_request_id(&request_id))
+                .and_then(|()| stamp(id, stored_at))
             {
-                Ok(()) => {
+                Ok(stamp) => {
                     results.push(None);
                     valid.push(i);
                     appends.push(Append {
                         message,
                         request_id,
+                        stamp: Some(stamp),
                     });
                 }
                 Err(status) => results.push(Some(logged(Err(status), ""))),
@@ -260,9 +285,11 @@ async fn store_after_wait(
         Claim::Conflict => Ok(Outcome::Conflict),
         Claim::Fresh(ticket) => {
             let record = file
-                .append(append.message, append.request_id)
+                .append_many(vec![append])
                 .await
-                .map_err(append_status)?;
+                .map_err(append_status)?
+                .pop()
+                .ok_or_else(|| Status::internal("the data file answered no record"))?;
             let reply = reply(name, &record);
             ticket.complete(reply.clone());
             Ok(Outcome::Fresh(reply))
@@ -296,15 +323,15 @@ impl pb::datanode_server::Datanode for StoreService {
         &self,
         request: Request<StoreBatchRequest>,
     ) -> Result<Response<StoreBatchReply>, Status> {
-        let requests = request.into_inner().requests;
-        if requests.len() > MAX_STORE_BATCH {
+        let records = request.into_inner().records;
+        if records.len() > MAX_STORE_BATCH {
             return Err(Status::invalid_argument(format!(
-                "{} messages in one StoreBatch, over the limit of {MAX_STORE_BATCH}",
-                requests.len()
+                "{} records in one StoreBatch, over the limit of {MAX_STORE_BATCH}",
+                records.len()
             )));
         }
         let results = self
-            .store_many(requests)
+            .store_many(records)
             .await
             .into_iter()
             .map(|result| match result {
@@ -335,10 +362,7 @@ impl pb::store_server::Store for StoreService {
         dedupe::validate_request_id(&request_id)?;
         let key = request_id.clone();
         let outcome = self
-            .store_valid(vec![Append {
-                message,
-                request_id,
-            }])
+            .store_valid(vec![Append::new(message, request_id)])
             .await
             .pop()
             .unwrap_or_else(|| Err(Status::internal("no outcome for this message")));
@@ -466,10 +490,7 @@ mod tests {
     fn batch(items: &[(&str, &str)]) -> Vec<Append> {
         items
             .iter()
-            .map(|(message, request_id)| Append {
-                message: message.to_string(),
-                request_id: request_id.to_string(),
-            })
+            .map(|(message, request_id)| Append::new(message.to_string(), request_id.to_string()))
             .collect()
     }
 

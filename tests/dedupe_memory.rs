@@ -37,6 +37,7 @@ fn reply(i: usize) -> StoreReply {
             nanos: 0,
         }),
         receipt: "Message 'Mensaje hacia el servidor' stored on datanode2.".into(),
+        replicas: vec!["datanode2".into()],
     }
 }
 

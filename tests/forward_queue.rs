@@ -32,7 +32,7 @@ impl Datanode for HeldDatanode {
         &self,
         request: Request<StoreBatchRequest>,
     ) -> Result<Response<StoreBatchReply>, Status> {
-        let requests = request.into_inner().requests;
+        let requests = request.into_inner().records;
         self.received
             .lock()
             .unwrap()

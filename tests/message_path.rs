@@ -279,30 +279,34 @@ async fn a_store_cut_off_by_the_client_is_remembered_for_its_retry() {
     }
 }
 
-/// `Datanode/StoreBatch`, the headnode's path: one call stores many messages, answers each in
+/// `Datanode/StoreBatch`, the headnode's path: one call stores many records, answers each in
 /// order with its own outcome (a bad one fails alone, a repeated request id gets the first
-/// reply), and stores exactly the good ones, each once.
+/// reply), and stores exactly the good ones, each once, with the id and time it was given.
 #[tokio::test]
 async fn a_batch_answers_each_message_on_its_own() {
+    use registro::headnode::record;
+    use registro::pb::StoreBatchRequest;
     use registro::pb::datanode_client::DatanodeClient;
-    use registro::pb::{StoreBatchRequest, StoreRequest};
 
     let dir = tempfile::tempdir().unwrap();
     let node = datanode_on("127.0.0.1:0", datanode_config(dir.path(), "d")).await;
     let first = store(&node.url(), "already here", "k-1").await.unwrap();
-    let request = |message: &str, request_id: &str| StoreRequest {
-        message: message.into(),
-        request_id: request_id.into(),
-    };
+    let request = |message: &str, request_id: &str| record::new(message, request_id);
     let mut client = DatanodeClient::connect(node.url()).await.unwrap();
+    let uno = request("uno", "");
+    let no_id = registro::pb::Record {
+        id: String::new(),
+        ..request("sin id", "")
+    };
     let batch = StoreBatchRequest {
-        requests: vec![
-            request("uno", ""),
+        records: vec![
+            uno.clone(),
             request("", ""),
             request("already here", "k-1"),
             request("dos\n\"tres\" 🎉", "k-2"),
             request(&"x".repeat(64 * 1024 + 1), ""),
             request("dos\n\"tres\" 🎉", "k-2"),
+            no_id,
         ],
     };
     let results = client
@@ -320,10 +324,12 @@ async fn a_batch_answers_each_message_on_its_own() {
             Code::Ok,
             Code::Ok,
             Code::InvalidArgument,
-            Code::Ok
+            Code::Ok,
+            Code::InvalidArgument,
         ]
     );
     assert!(results[1].reply.is_none() && results[1].error.contains("empty"));
+    assert!(results[6].error.contains("id"), "{}", results[6].error);
     assert_eq!(
         results[2].reply.as_ref(),
         Some(&first),
@@ -336,6 +342,11 @@ async fn a_batch_answers_each_message_on_its_own() {
     let reply = results[0].reply.as_ref().unwrap();
     assert_eq!(reply.datanode, "d");
     assert_eq!(reply.receipt, "Message 'uno' stored on d.");
+    assert_eq!(
+        (&reply.id, &reply.stored_at),
+        (&uno.id, &uno.stored_at),
+        "stored as given"
+    );
 
     let records = records_in(&dir.path().join("d"));
     let messages: Vec<&str> = records.iter().map(|r| r.message.as_str()).collect();
@@ -347,7 +358,7 @@ async fn a_batch_answers_each_message_on_its_own() {
 
     // Over the per-call limit: refused whole, nothing stored.
     let too_many = StoreBatchRequest {
-        requests: vec![request("x", ""); registro::server::MAX_STORE_BATCH + 1],
+        records: vec![request("x", ""); registro::server::MAX_STORE_BATCH + 1],
     };
     let refused = client.store_batch(too_many).await.unwrap_err();
     assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
