@@ -3,7 +3,8 @@
 //! The datanode calls `Heartbeat/Register` at start and then again every heartbeat interval (the
 //! headnode says how long that is). Registering is idempotent, so repeating it costs one small
 //! RPC; in exchange a headnode that restarted and forgot its pool has this datanode back within
-//! one interval, with no one restarting anything.
+//! one interval, with no one restarting anything. While a headnode cannot be reached the datanode
+//! tries again every [`RETRY_WHILE_FAILING`], so a headnode that restarts has it back at once.
 //!
 //! `--headnode` lists one or more URLs, comma-separated; the datanode registers with each (the
 //! headnodes share nothing, so each must hear from it). A URL whose host is a name means every
@@ -30,6 +31,10 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// Bound on one Register call (and one name resolution), so a hung headnode cannot stall its
 /// loop.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The wait between attempts while a headnode cannot be reached (when shorter than its
+/// interval): a restarted headnode hears from this datanode within this long of listening, so
+/// its warm-up ends sooner, for the cost of a refused connection a few times a second.
+const RETRY_WHILE_FAILING: Duration = Duration::from_millis(200);
 
 /// Who this datanode is, as it announces itself.
 #[derive(Debug, Clone)]
@@ -214,7 +219,10 @@ async fn keep_registered(
                 failing = true;
             }
         }
-        let wait = Duration::from_millis(interval.load(Ordering::Relaxed));
+        let mut wait = Duration::from_millis(interval.load(Ordering::Relaxed));
+        if failing {
+            wait = wait.min(RETRY_WHILE_FAILING);
+        }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|stopped| *stopped) => return,

@@ -140,6 +140,13 @@ pub async fn serve(
     // Not ready until a datanode passes a probe.
     health.set(crate::STORE_SERVICE, false).await;
     let (warm_tx, warm) = tokio::sync::watch::channel(false);
+    // Read before this run's probes add to the log: the datanodes SERVING when it last stopped.
+    let expected = {
+        let (path, interval) = (config.heartbeat_log.clone(), config.heartbeat_interval);
+        tokio::task::spawn_blocking(move || warmup::expected_from_log(&path, interval))
+            .await
+            .unwrap_or_default()
+    };
     let store = store::StoreService::new(
         pool.clone(),
         registro_log.clone(),
@@ -167,6 +174,7 @@ pub async fn serve(
             config.heartbeat_interval,
             config.heartbeat_timeout,
         ),
+        expected,
         config.heartbeat_timeout,
         warm_tx,
         stop_rx.clone(),

@@ -407,6 +407,11 @@ async fn registered_datanodes_return_after_a_headnode_sigkill() {
         "headnode restart: pool complete {:?} after start",
         restarted.elapsed()
     );
+    wait_ready(&url).await;
+    println!(
+        "headnode restart: warm-up over {:?} after start",
+        restarted.elapsed()
+    );
     store(&url, "after restart", "").await.unwrap();
 }
 

@@ -172,25 +172,25 @@ fn spawn_datanodes(dir: &Path, headnodes: &str) -> Vec<Proc> {
         .collect()
 }
 
-/// A headnode process listening on `listen`.
-fn spawn_headnode(dir: &Path, listen: &str, log: &str) -> Proc {
-    spawn_headnode_with(dir, listen, log, &[])
-}
-
-/// A headnode process listening on `listen`, with `extra` flags.
-fn spawn_headnode_with(dir: &Path, listen: &str, log: &str, extra: &[&str]) -> Proc {
-    let registro_log = format!("{log}.registro.log");
-    let heartbeat_log = format!("{log}.heartbeat.log");
-    let mut args = vec![
-        "--listen",
-        listen,
-        "--registro-log",
-        &registro_log,
-        "--heartbeat-log",
-        &heartbeat_log,
-    ];
-    args.extend_from_slice(extra);
-    Proc::spawn("headnode", &args, dir, &format!("{log}.err"))
+/// Headnode `name` (its logs `name.registro.log` and `name.heartbeat.log`, kept across
+/// restarts as a real deployment keeps them) listening on `listen`, in its `run`th start
+/// (stderr in `name-run.err`).
+fn spawn_headnode(dir: &Path, listen: &str, name: &str, run: usize) -> Proc {
+    let registro_log = format!("{name}.registro.log");
+    let heartbeat_log = format!("{name}.heartbeat.log");
+    Proc::spawn(
+        "headnode",
+        &[
+            "--listen",
+            listen,
+            "--registro-log",
+            &registro_log,
+            "--heartbeat-log",
+            &heartbeat_log,
+        ],
+        dir,
+        &format!("{name}-{run}.err"),
+    )
 }
 
 /// Runs the client binary in `dir` with `args`; its exit code and output.
@@ -223,30 +223,6 @@ async fn wait_pool(url: &str, n: usize) {
                 .then_some(())
         },
     )
-    .await;
-}
-
-/// Waits until the headnode at `url` reports `registro.v1.Store` SERVING: warmed up, with a
-/// datanode SERVING.
-async fn wait_ready(url: &str) {
-    use tonic_health::pb::HealthCheckRequest;
-    use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::health_client::HealthClient;
-    eventually(&format!("{url} ready"), || async {
-        let channel = registro::config::endpoint(url, Duration::from_secs(1))
-            .ok()?
-            .connect()
-            .await
-            .ok()?;
-        let mut client = HealthClient::new(channel);
-        let reply = client
-            .check(HealthCheckRequest {
-                service: "registro.v1.Store".into(),
-            })
-            .await
-            .ok()?;
-        (reply.into_inner().status() == ServingStatus::Serving).then_some(())
-    })
     .await;
 }
 
@@ -303,7 +279,7 @@ fn check_acks(dir: &Path, acks: &[Ack]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_headnode_killed_and_restarted_twice_under_retrying_load_stores_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let mut head = spawn_headnode(dir.path(), "127.0.0.1:0", "h1");
+    let mut head = spawn_headnode(dir.path(), "127.0.0.1:0", "h", 1);
     let head_addr = head.addr.clone();
     let url = head.url();
     let _datanodes = spawn_datanodes(dir.path(), &url);
@@ -318,7 +294,7 @@ async fn a_headnode_killed_and_restarted_twice_under_retrying_load_stores_nothin
         wait_progress(&progress, at + 1500).await;
         head.signal("KILL");
         head.wait_exit();
-        head = spawn_headnode(dir.path(), &head_addr, &format!("h{round}"));
+        head = spawn_headnode(dir.path(), &head_addr, "h", round);
     }
     let at = progress.load(Ordering::SeqCst);
     wait_progress(&progress, at + 1500).await;
@@ -347,8 +323,8 @@ async fn a_headnode_killed_and_restarted_twice_under_retrying_load_stores_nothin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_know_two_headnodes_lose_nothing_when_one_is_killed() {
     let dir = tempfile::tempdir().unwrap();
-    let mut a = spawn_headnode(dir.path(), "127.0.0.1:0", "a1");
-    let b = spawn_headnode(dir.path(), "127.0.0.1:0", "b");
+    let mut a = spawn_headnode(dir.path(), "127.0.0.1:0", "a", 1);
+    let b = spawn_headnode(dir.path(), "127.0.0.1:0", "b", 1);
     let (a_addr, a_url, b_url) = (a.addr.clone(), a.url(), b.url());
     let b_port = b.addr.rsplit(':').next().unwrap().to_string();
     // Headnode b by name: `localhost` is resolved (again every heartbeat) to its addresses.
@@ -386,7 +362,7 @@ async fn clients_that_know_two_headnodes_lose_nothing_when_one_is_killed() {
     assert_eq!(out.matches(" SERVING ").count(), 3, "{out}");
 
     // Restarted on its address, it has every datanode back within about one interval.
-    a = spawn_headnode(dir.path(), &a_addr, "a2");
+    a = spawn_headnode(dir.path(), &a_addr, "a", 2);
     let restarted = Instant::now();
     wait_pool(&a_url, 3).await;
     let whole = restarted.elapsed();
@@ -422,8 +398,8 @@ async fn clients_that_know_two_headnodes_lose_nothing_when_one_is_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_request_id_through_either_headnode_is_one_record_with_one_reply() {
     let dir = tempfile::tempdir().unwrap();
-    let a = spawn_headnode(dir.path(), "127.0.0.1:0", "a");
-    let b = spawn_headnode(dir.path(), "127.0.0.1:0", "b");
+    let a = spawn_headnode(dir.path(), "127.0.0.1:0", "a", 1);
+    let b = spawn_headnode(dir.path(), "127.0.0.1:0", "b", 1);
     let _datanodes = spawn_datanodes(dir.path(), &format!("{},{}", a.url(), b.url()));
     for url in [a.url(), b.url()] {
         wait_pool(&url, 3).await;
@@ -455,7 +431,7 @@ async fn the_same_request_id_through_either_headnode_is_one_record_with_one_repl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placement_spreads_random_keys_evenly_over_three_datanodes() {
     let dir = tempfile::tempdir().unwrap();
-    let head = spawn_headnode(dir.path(), "127.0.0.1:0", "h");
+    let head = spawn_headnode(dir.path(), "127.0.0.1:0", "h", 1);
     let _datanodes = spawn_datanodes(dir.path(), &head.url());
     wait_pool(&head.url(), 3).await;
     let url = head.url();

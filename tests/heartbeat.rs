@@ -153,6 +153,7 @@ async fn datanodes_register_and_come_back_after_a_headnode_restart() {
             .then_some(())
     })
     .await;
+    wait_ready(&head.url()).await;
     assert_eq!(
         store(&head.url(), "hi", "").await.unwrap().datanode,
         "datanode7"
@@ -172,6 +173,7 @@ async fn datanodes_register_and_come_back_after_a_headnode_restart() {
         },
     )
     .await;
+    wait_ready(&again.url()).await;
     assert_eq!(
         store(&again.url(), "again", "").await.unwrap().datanode,
         "datanode7"

@@ -180,6 +180,7 @@ impl Cluster {
             datanodes,
         };
         cluster.wait_serving(n).await;
+        wait_ready(&cluster.headnode.url()).await;
         cluster
     }
 
@@ -245,6 +246,29 @@ pub async fn store(
         })
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// Waits until the server at `url` reports `registro.v1.Store` SERVING (a headnode: warmed up,
+/// with a datanode SERVING).
+pub async fn wait_ready(url: &str) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    eventually(&format!("{url} ready"), || async {
+        let channel = registro::config::endpoint(url, Duration::from_secs(1))
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        let reply = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: "registro.v1.Store".into(),
+            })
+            .await
+            .ok()?;
+        (reply.into_inner().status() == ServingStatus::Serving).then_some(())
+    })
+    .await;
 }
 
 /// The headnode's Status, or nothing when it cannot be reached.
