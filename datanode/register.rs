@@ -4,7 +4,7 @@
 //! headnode says how long that is). Registering is idempotent, so repeating it costs one small
 //! RPC; in exchange a headnode that restarted and forgot its pool has this datanode back within
 //! one interval, with no one restarting anything. While a headnode cannot be reached the datanode
-//! tries again every [`RETRY_WHILE_FAILING`], so a headnode that restarts has it back at once.
+//! tries again every 200 ms, so a headnode that restarts has it back at once.
 //!
 //! `--headnode` lists one or more URLs, comma-separated; the datanode registers with each (the
 //! headnodes share nothing, so each must hear from it). A URL whose host is a name means every

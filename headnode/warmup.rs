@@ -12,7 +12,7 @@
 //! datanode that is alive has registered; datanodes given with `--datanodes` are known at once
 //! and need only the first probe round. Either way warm-up then waits for every
 //! datanode known to have had its first probe (a registration probes at once), bounded by
-//! [`probe_bound`].
+//! twice the probe timeout.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Seek, SeekFrom};
@@ -112,7 +112,7 @@ fn all_back(pool: &Pool, expected: &BTreeSet<String>) -> bool {
 }
 
 /// Waits out the window (or until every datanode in `expected` is back and probed), then until
-/// every member of `pool` has been probed (at most [`probe_bound`] more), then sets `warm`.
+/// every member of `pool` has been probed (at most twice `probe_timeout` more), then sets `warm`.
 /// Ends early, leaving `warm` false, when `stop` turns true.
 pub async fn run(
     pool: Arc<Pool>,

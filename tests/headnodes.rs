@@ -410,7 +410,7 @@ async fn the_same_request_id_through_either_headnode_is_one_record_with_one_repl
         let first = store(&a.url(), "una vez", &key).await.unwrap();
         let again = store(&b.url(), "una vez", &key).await.unwrap();
         assert_eq!(first, again, "{key}");
-        assert_eq!(first.replicas, [first.datanode.clone()]);
+        assert_eq!(first.replicas, std::slice::from_ref(&first.datanode));
         for url in [a.url(), b.url()] {
             let other = store(&url, "otra cosa", &key).await.unwrap_err();
             assert_eq!(other.code(), tonic::Code::AlreadyExists, "{other:?}");
