@@ -7,8 +7,9 @@ use clap::Parser;
 use registro::config::parse_duration;
 use registro::headnode::{self, DEFAULT_DATANODE_CONNECTIONS, store};
 
-/// The registro headnode: forwards each Store to a random healthy datanode, probes every datanode
-/// with the gRPC health protocol, and writes the registro and heartbeat logs.
+/// The registro headnode: forwards each Store to the healthy datanode its request id is placed on
+/// (the same on every headnode), probes every datanode with the gRPC health protocol, and writes
+/// the registro and heartbeat logs.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {

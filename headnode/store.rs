@@ -344,8 +344,9 @@ async fn open_list(
     }
 }
 
-/// Merges streams that are each oldest first into one oldest-first stream (ties by id). Ends
-/// early, with the status the reader gets last, when the reader takes nothing for `idle`.
+/// Merges streams that are each oldest first into one oldest-first stream (ties by id), each id
+/// once (see [`Recent`]). Ends early, with the status the reader gets last, when the reader
+/// takes nothing for `idle`.
 async fn merge(
     streams: Vec<(String, Streaming<StoredMessage>)>,
     limit: u32,

@@ -469,3 +469,57 @@ async fn placement_spreads_random_keys_evenly_over_three_datanodes() {
         "{counts:?}"
     );
 }
+
+/// List on the headnode returns each id once: a record held by two datanodes (a replica, or the
+/// stray copy of a forward that timed out) is listed once, oldest first among the others.
+#[tokio::test]
+async fn list_returns_each_id_once_however_many_datanodes_hold_it() {
+    use registro::pb::datanode_client::DatanodeClient;
+    use registro::pb::{ListRequest, StoreBatchRequest};
+
+    let cluster = Cluster::start(2).await;
+    let url = cluster.headnode.url();
+    let before = store(&url, "antes", "k-before").await.unwrap();
+    let copy = registro::headnode::record::new("en dos sitios", "k-copy");
+    for node in &cluster.datanodes {
+        let mut client = DatanodeClient::connect(node.url()).await.unwrap();
+        let results = client
+            .store_batch(StoreBatchRequest {
+                records: vec![copy.clone()],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        assert_eq!(results[0].code, 0, "{results:?}");
+    }
+    let after = store(&url, "después", "k-after").await.unwrap();
+    let mut stream = store_client(&url)
+        .await
+        .list(ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        ids.push(m.id);
+    }
+    // Oldest first, ties (the same millisecond) by id.
+    let key = |t: &Option<prost_types::Timestamp>, id: &str| {
+        let t = t.clone().unwrap_or_default();
+        (t.seconds, t.nanos, id.to_string())
+    };
+    let mut expected = vec![
+        key(&before.stored_at, &before.id),
+        key(&copy.stored_at, &copy.id),
+        key(&after.stored_at, &after.id),
+    ];
+    expected.sort();
+    let expected: Vec<String> = expected.into_iter().map(|(_, _, id)| id).collect();
+    assert_eq!(ids, expected);
+    let held: usize = ["datanode1", "datanode2"]
+        .iter()
+        .map(|n| cluster.records(n).len())
+        .sum();
+    assert_eq!(held, 4, "the files hold both copies");
+}
