@@ -8,9 +8,12 @@
 //! The derivation is fixed: changing the namespace or the function changes the id of every
 //! message stored from then on.
 //!
-//! A Store that came without a request id gets a random one here (a UUIDv7: printable ASCII,
-//! random in its low bits), kept through every forward of that Store, so the headnode's own
-//! failover is as idempotent as a client's retry.
+//! A Store that came without a request id gets a random key here (a UUIDv7: printable ASCII,
+//! random in its low bits), kept through every forward of that Store: it places the message and
+//! its id is derived from it, so the headnode's own failover places it down the same order and
+//! a stray copy is the same record. The key is not written as the record's `request_id`: no
+//! client sent it, so none can repeat it, and the datanodes' idempotency maps (and their horizon
+//! for the keys clients do send) are not spent on it.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -30,23 +33,32 @@ pub fn random_request_id() -> String {
     Uuid::now_v7().to_string()
 }
 
-/// The record to forward for `message`, stored now: its request id (`request_id`, or a random
-/// one when empty), the id derived from it, and the time in the data file's precision
-/// (milliseconds), so the reply's `stored_at` is exactly what List later shows.
-pub fn new(message: &str, request_id: &str) -> Record {
-    let request_id = if request_id.is_empty() {
+/// A record to forward, and the key that places it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placed {
+    /// The request id, or the random key of a Store that came without one.
+    pub key: String,
+    pub record: Record,
+}
+
+/// The record to forward for `message`, stored now: the id derived from its key (`request_id`,
+/// or a random one when empty), the client's `request_id` as it was, and the time in the data
+/// file's precision (milliseconds), so the reply's `stored_at` is exactly what List later shows.
+pub fn new(message: &str, request_id: &str) -> Placed {
+    let key = if request_id.is_empty() {
         random_request_id()
     } else {
         request_id.to_string()
     };
     let now = Utc::now();
     let stored_at = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
-    Record {
-        id: derive_id(&request_id),
+    let record = Record {
+        id: derive_id(&key),
         stored_at: Some(crate::time::to_proto(stored_at)),
         message: message.to_string(),
-        request_id,
-    }
+        request_id: request_id.to_string(),
+    };
+    Placed { key, record }
 }
 
 #[cfg(test)]
@@ -68,18 +80,20 @@ mod tests {
     }
 
     #[test]
-    fn a_store_without_a_request_id_gets_a_random_printable_one() {
+    fn a_store_without_a_request_id_gets_a_random_printable_key() {
         let a = new("m", "");
         let b = new("m", "");
-        assert_ne!(a.request_id, b.request_id);
-        crate::dedupe::validate_request_id(&a.request_id).unwrap();
-        assert_eq!(a.id, derive_id(&a.request_id));
+        assert_ne!(a.key, b.key);
+        assert_ne!(a.record.id, b.record.id);
+        crate::dedupe::validate_request_id(&a.key).unwrap();
+        assert!(!a.key.is_empty());
+        assert_eq!(a.record.id, derive_id(&a.key));
+        assert_eq!(a.record.request_id, "", "the client sent none");
         let given = new("m", "k-1");
-        assert_eq!(given.request_id, "k-1");
-        assert_eq!(
-            given.stored_at.unwrap().nanos % 1_000_000,
-            0,
-            "milliseconds"
-        );
+        assert_eq!(given.key, "k-1");
+        assert_eq!(given.record.request_id, "k-1");
+        assert_eq!(given.record.id, derive_id("k-1"));
+        let at = given.record.stored_at.unwrap();
+        assert_eq!(at.nanos % 1_000_000, 0, "milliseconds");
     }
 }

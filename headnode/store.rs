@@ -44,7 +44,7 @@ use super::probe::describe;
 use super::record;
 use crate::dedupe::{self, Dedupe, Outcome};
 use crate::logfile::{LogFile, field};
-use crate::pb::{self, ListRequest, Record, StoreReply, StoreRequest, StoredMessage};
+use crate::pb::{self, ListRequest, StoreReply, StoreRequest, StoredMessage};
 
 /// Messages a List's merge may have ready for a slow reader; past them it waits (up to the idle
 /// timeout) instead of reading more from the datanodes.
@@ -119,8 +119,8 @@ impl StoreService {
 
 impl Forwarder {
     /// Stores once per request id: forwards, logs the receipt, remembers the reply. A Store
-    /// without a request id is not remembered here (no client can repeat it), but its record gets
-    /// a random one that every forward of it carries.
+    /// without a request id is not remembered here (no client can repeat it); a random key
+    /// places it and names it instead (see [`record`]).
     async fn store(
         &self,
         message: String,
@@ -129,8 +129,8 @@ impl Forwarder {
     ) -> Result<Outcome<StoreReply>, Status> {
         self.dedupe
             .run(&request_id, &message, || async {
-                let record = record::new(&message, &request_id);
-                let reply = self.forward(record, &caller).await?;
+                let placed = record::new(&message, &request_id);
+                let reply = self.forward(placed, &caller).await?;
                 // The registro log is the record of stored messages: wait for room in its
                 // queue rather than lose a line (see `LogFile::append`).
                 self.registro_log
@@ -144,9 +144,13 @@ impl Forwarder {
     /// Forwards `record` to the first SERVING datanode of its placement order; on a datanode's
     /// failure marks it down and goes to the next, on its load answers RESOURCE_EXHAUSTED (see
     /// the module docs).
-    async fn forward(&self, record: Record, caller: &batch::Caller) -> Result<StoreReply, Status> {
+    async fn forward(
+        &self,
+        record::Placed { key, record }: record::Placed,
+        caller: &batch::Caller,
+    ) -> Result<StoreReply, Status> {
         let mut tried: Vec<String> = Vec::new();
-        for node in self.pool.placement(&record.request_id) {
+        for node in self.pool.placement(&key) {
             if !node.is_serving() {
                 continue;
             }

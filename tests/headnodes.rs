@@ -480,7 +480,7 @@ async fn list_returns_each_id_once_however_many_datanodes_hold_it() {
     let cluster = Cluster::start(2).await;
     let url = cluster.headnode.url();
     let before = store(&url, "antes", "k-before").await.unwrap();
-    let copy = registro::headnode::record::new("en dos sitios", "k-copy");
+    let copy = registro::headnode::record::new("en dos sitios", "k-copy").record;
     for node in &cluster.datanodes {
         let mut client = DatanodeClient::connect(node.url()).await.unwrap();
         let results = client

@@ -292,7 +292,7 @@ async fn a_batch_answers_each_message_on_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let node = datanode_on("127.0.0.1:0", datanode_config(dir.path(), "d")).await;
     let first = store(&node.url(), "already here", "k-1").await.unwrap();
-    let request = |message: &str, request_id: &str| record::new(message, request_id);
+    let request = |message: &str, request_id: &str| record::new(message, request_id).record;
     let mut client = DatanodeClient::connect(node.url()).await.unwrap();
     let uno = request("uno", "");
     let no_id = registro::pb::Record {
