@@ -22,8 +22,16 @@ use crate::pb::{
     StoredMessage,
 };
 
+/// The last time [`stamp`] formatted, reused for the next record with the same time (a batch's
+/// records mostly share their millisecond).
+type LastTime = Option<(prost_types::Timestamp, String)>;
+
 /// Checks the id and time a headnode gave a record, and turns them into the data file's form.
-fn stamp(id: String, stored_at: Option<prost_types::Timestamp>) -> Result<Stamp, Status> {
+fn stamp(
+    id: String,
+    stored_at: Option<prost_types::Timestamp>,
+    last: &mut LastTime,
+) -> Result<Stamp, Status> {
     if id.is_empty() {
         return Err(Status::invalid_argument(
             "a forwarded record needs an id (the headnode derives it from the request id)",
@@ -32,13 +40,21 @@ fn stamp(id: String, stored_at: Option<prost_types::Timestamp>) -> Result<Stamp,
     // Ids are held to the request id's rules: they reach the same files and logs.
     dedupe::validate_request_id(&id)
         .map_err(|s| Status::invalid_argument(s.message().replacen("request_id", "id", 1)))?;
-    let at = stored_at
-        .as_ref()
-        .and_then(crate::time::from_proto)
-        .ok_or_else(|| Status::invalid_argument("a forwarded record needs a valid stored_at"))?;
+    let invalid = || Status::invalid_argument("a forwarded record needs a valid stored_at");
+    let at = stored_at.ok_or_else(invalid)?;
+    if let Some((t, text)) = last
+        && *t == at
+    {
+        return Ok(Stamp {
+            id,
+            stored_at: text.clone(),
+        });
+    }
+    let text = crate::time::format(crate::time::from_proto(&at).ok_or_else(invalid)?);
+    *last = Some((at, text.clone()));
     Ok(Stamp {
         id,
-        stored_at: crate::time::format(at),
+        stored_at: text,
     })
 }
 use crate::server::MAX_STORE_BATCH;
@@ -145,6 +161,7 @@ impl StoreService {
         let mut results: Vec<Option<Result<StoreReply, Status>>> = Vec::new();
         let mut valid = Vec::new();
         let mut appends = Vec::new();
+        let mut last_time = None;
         for (
             i,
             pb::Record {
@@ -157,7 +174,7 @@ impl StoreService {
         {
             match crate::validate_message(&message, self.max_message_bytes)
                 .and_then(|()| dedupe::validate_request_id(&request_id))
-                .and_then(|()| stamp(id, stored_at))
+                .and_then(|()| stamp(id, stored_at, &mut last_time))
             {
                 Ok(stamp) => {
                     results.push(None);

@@ -9,9 +9,10 @@
 //! message stored from then on.
 //!
 //! A Store that came without a request id gets a random key here (a UUIDv7: printable ASCII,
-//! random in its low bits), kept through every forward of that Store: it places the message and
-//! its id is derived from it, so the headnode's own failover places it down the same order and
-//! a stray copy is the same record. The key is not written as the record's `request_id`: no
+//! time-ordered, random in its low bits), kept through every forward of that Store: it places
+//! the message and is its id (no other headnode will ever derive it, so it needs no
+//! derivation), so the headnode's own failover places it down the same order and a stray copy is
+//! the same record. The key is not written as the record's `request_id`: no
 //! client sent it, so none can repeat it, and the datanodes' idempotency maps (and their horizon
 //! for the keys clients do send) are not spent on it.
 
@@ -41,19 +42,20 @@ pub struct Placed {
     pub record: Record,
 }
 
-/// The record to forward for `message`, stored now: the id derived from its key (`request_id`,
-/// or a random one when empty), the client's `request_id` as it was, and the time in the data
+/// The record to forward for `message`, stored now: the id derived from `request_id` (or, when
+/// empty, a random key that is also the id), the client's `request_id` as it was, and the time in the data
 /// file's precision (milliseconds), so the reply's `stored_at` is exactly what List later shows.
 pub fn new(message: &str, request_id: &str) -> Placed {
-    let key = if request_id.is_empty() {
-        random_request_id()
+    let (key, id) = if request_id.is_empty() {
+        let key = random_request_id();
+        (key.clone(), key)
     } else {
-        request_id.to_string()
+        (request_id.to_string(), derive_id(request_id))
     };
     let now = Utc::now();
     let stored_at = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
     let record = Record {
-        id: derive_id(&key),
+        id,
         stored_at: Some(crate::time::to_proto(stored_at)),
         message: message.to_string(),
         request_id: request_id.to_string(),
@@ -87,7 +89,7 @@ mod tests {
         assert_ne!(a.record.id, b.record.id);
         crate::dedupe::validate_request_id(&a.key).unwrap();
         assert!(!a.key.is_empty());
-        assert_eq!(a.record.id, derive_id(&a.key));
+        assert_eq!(a.record.id, a.key, "a random key is its own id");
         assert_eq!(a.record.request_id, "", "the client sent none");
         let given = new("m", "k-1");
         assert_eq!(given.key, "k-1");
