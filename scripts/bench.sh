@@ -100,6 +100,8 @@ wait_for() {
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 serving_count() { "$bin/client" --addr "http://127.0.0.1:$head_port" status 2>/dev/null | grep -c ' SERVING ' || true; }
 all_serving() { [ "$(serving_count)" -eq 3 ]; }
+# Warmed up and routing: the headnode's readiness (registro.v1.Store SERVING).
+ready() { "$bin/client" --addr "http://127.0.0.1:$head_port" --timeout 1s health --service registro.v1.Store >/dev/null 2>&1; }
 
 # ---- tools ------------------------------------------------------------------------------------
 log "building release binaries"
@@ -141,6 +143,7 @@ start_cluster() { # mode dir
   pids[headnode]=$!
   for i in 1 2 3; do start_datanode "$i" "$mode" "$dir"; done
   wait_for "3 SERVING datanodes" 30 all_serving
+  wait_for "the headnode ready (warm-up over)" 30 ready
 }
 
 start_nginx() {

@@ -46,6 +46,14 @@ until [ "$("${client[@]}" status 2>/dev/null | grep -c ' SERVING ')" -eq 3 ]; do
   fi
   sleep 0.1
 done
+# The headnode takes Stores once it has warmed up (it knows every datanode that will register).
+until "${client[@]}" --timeout 1s health --service registro.v1.Store >/dev/null 2>&1; do
+  if [ $SECONDS -ge $deadline ]; then
+    echo "demo: the headnode did not become ready within 30 s; see $data/logs/" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
 
 echo "== client send (the exercise's messages)"
 "${client[@]}" send --log "$data/client/client.log"
