@@ -506,7 +506,7 @@ async fn list_returns_each_id_once_however_many_datanodes_hold_it() {
     }
     // Oldest first, ties (the same millisecond) by id.
     let key = |t: &Option<prost_types::Timestamp>, id: &str| {
-        let t = t.clone().unwrap_or_default();
+        let t = t.unwrap_or_default();
         (t.seconds, t.nanos, id.to_string())
     };
     let mut expected = vec![
