@@ -32,7 +32,7 @@ struct Args {
     /// List streams open at once; one more is answered RESOURCE_EXHAUSTED.
     #[arg(long, env = "REGISTRO_MAX_LISTS", default_value_t = datanode::store::DEFAULT_MAX_LISTS)]
     max_lists: usize,
-    /// A List stream whose reader takes no message for this long ends with ABORTED.
+    /// A List stream whose reader takes no message for this long ends with DEADLINE_EXCEEDED.
     #[arg(long, env = "REGISTRO_LIST_IDLE_TIMEOUT", default_value = "30s", value_parser = registro::config::parse_duration)]
     list_idle_timeout: std::time::Duration,
     #[command(flatten)]

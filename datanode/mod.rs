@@ -46,7 +46,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// List streams open at once; one more is RESOURCE_EXHAUSTED.
     pub max_lists: usize,
-    /// A List whose reader takes no message for this long ends with ABORTED.
+    /// A List whose reader takes no message for this long ends with DEADLINE_EXCEEDED.
     pub list_idle_timeout: Duration,
 }
 

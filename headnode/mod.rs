@@ -149,37 +149,34 @@ pub async fn serve(
     let router = server::router(&tracker, health_service, store)?
         .add_service(HeartbeatServer::new(heartbeat));
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(probe::run(
-        pool.clone(),
-        heartbeat_log.clone(),
-        config.heartbeat_interval,
-        config.heartbeat_timeout,
-        stop_rx,
-    ));
-    let readiness = Readiness::follow(pool.clone(), health.clone());
+    // The probes and the readiness follower stop before the shutdown sequence turns health
+    // NOT_SERVING, so nothing can turn it back to SERVING while the headnode drains.
+    let mut followers = server::Followers::new();
+    followers.spawn(|stop| {
+        probe::run(
+            pool.clone(),
+            heartbeat_log.clone(),
+            config.heartbeat_interval,
+            config.heartbeat_timeout,
+            stop,
+        )
+    });
+    followers.spawn(|stop| follow_readiness(pool.clone(), health.clone(), stop));
 
     if let Ok(local) = listener.local_addr() {
         tracing::info!("listening on {local}");
     }
-    // The readiness follower stops before the shutdown sequence turns health NOT_SERVING, so
-    // nothing can turn it back to SERVING while the headnode drains.
-    let shutdown = async move {
-        shutdown.await;
-        readiness.stop().await;
-    };
     let result = server::serve(
         router,
         &tracker,
         listener,
         health,
-        shutdown,
+        followers.stop_after(shutdown),
         config.shutdown_grace,
     )
     .await;
-    let _ = stop_tx.send(true);
-    tasks.join_all().await;
+    // Already done unless the server failed before a shutdown.
+    followers.stop().await;
     for log in [&heartbeat_log, &registro_log] {
         if let Err(e) = log.sync().await {
             tracing::error!(path = %log.path().display(), error = %e, "final sync of a log failed");
@@ -189,33 +186,11 @@ pub async fn serve(
     Ok(result?)
 }
 
-/// The task that keeps `registro.v1.Store` SERVING exactly while at least one datanode is.
-struct Readiness {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Readiness {
-    /// Starts following `pool` into `health`.
-    fn follow(pool: Arc<Pool>, health: Health) -> Self {
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(follow_readiness(pool, health, stopped));
-        Self { stop, task }
-    }
-
-    /// Stops following; once this returns the follower has ended and sets nothing any more.
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "readiness follower failed");
-        }
-    }
-}
-
+/// Keeps `registro.v1.Store` SERVING exactly while at least one datanode is, until `stop`.
 async fn follow_readiness(
     pool: Arc<Pool>,
     health: Health,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut serving = pool.serving();
     loop {
@@ -223,7 +198,7 @@ async fn follow_readiness(
         health.set(crate::STORE_SERVICE, count > 0).await;
         tokio::select! {
             changed = serving.changed() => if changed.is_err() { return },
-            _ = &mut stop => return,
+            _ = stop.wait_for(|stopped| *stopped) => return,
         }
     }
 }
@@ -269,7 +244,8 @@ mod tests {
         ));
         pool.add_static("127.0.0.1:1").unwrap();
         let node = pool.get("127.0.0.1:1").unwrap();
-        let readiness = Readiness::follow(pool.clone(), health.clone());
+        let mut followers = server::Followers::new();
+        followers.spawn(|stop| follow_readiness(pool.clone(), health.clone(), stop));
         pool.record_probe(&node, &ProbeResult::Serving(Duration::ZERO));
         let mut serving = false;
         for _ in 0..200 {
@@ -282,7 +258,7 @@ mod tests {
         assert!(serving, "the follower reports a SERVING datanode");
 
         // The shutdown sequence: the follower first, then health.
-        readiness.stop().await;
+        followers.stop().await;
         health.set(crate::STORE_SERVICE, false).await;
         pool.mark_down(&node, "gone");
         pool.record_probe(&node, &ProbeResult::Serving(Duration::ZERO));
