@@ -42,7 +42,9 @@ async fn main() -> anyhow::Result<()> {
         _ => registro::config::host_name()
             .context("no --name given and the host name cannot be read")?,
     };
+    let tls = args.common.tls.load()?;
     let listener = registro::server::bind(&args.listen).await?;
+    let health_listener = registro::server::bind_health(args.common.health_listen.as_deref()).await?;
     let config = datanode::Config {
         data_dir: PathBuf::from(args.data_dir.to_string_lossy().replace("{name}", &name)),
         name,
@@ -52,6 +54,8 @@ async fn main() -> anyhow::Result<()> {
         max_message_bytes: args.common.max_message_bytes,
         dedupe_capacity: args.common.dedupe_capacity,
         shutdown_grace: args.common.shutdown_grace,
+        tls,
+        health_listener,
     };
     let grace = config.shutdown_grace;
     registro::server::run_until_signal(

@@ -15,12 +15,14 @@ pub mod store;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::pb;
 use crate::server::{self, Health};
+use crate::tls::Tls;
 use data_file::{DataFile, Fsync};
 
 /// Everything a datanode needs to run (the `datanode` flags).
@@ -42,6 +44,10 @@ pub struct Config {
     pub dedupe_capacity: usize,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Mutual TLS for the listener and for registering; `None`: plaintext.
+    pub tls: Option<Tls>,
+    /// `--health-listen`: a plaintext listener that serves only the health protocol.
+    pub health_listener: Option<Arc<std::net::TcpListener>>,
 }
 
 impl Config {
@@ -56,6 +62,8 @@ impl Config {
             max_message_bytes: server::DEFAULT_MAX_MESSAGE_BYTES,
             dedupe_capacity: DEFAULT_DEDUPE_CAPACITY,
             shutdown_grace: Duration::from_secs(5),
+            tls: None,
+            health_listener: None,
         }
     }
 }
@@ -67,8 +75,12 @@ pub use crate::server::DEFAULT_DEDUPE_CAPACITY;
 pub enum Error {
     #[error(transparent)]
     DataFile(#[from] data_file::OpenError),
-    #[error("cannot build reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Router(#[from] server::RouterError),
+    #[error("cannot use --health-listen: {0}")]
+    HealthListener(std::io::Error),
+    #[error(transparent)]
+    Headnode(#[from] crate::config::DialError),
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("cannot read the listener's address: {0}")]
@@ -109,7 +121,20 @@ pub async fn serve(
     let (health, health_service) =
         Health::new(&[crate::STORE_SERVICE, crate::DATANODE_SERVICE]).await;
     let store = store::StoreService::new(&config, file.clone(), &loaded);
-    let router = server::router(health_service, store.clone())?.add_service(
+    if let Some(tls) = &config.tls {
+        tls.log_identity(crate::tls::Role::Datanode);
+    }
+    // Checked now: with TLS, an http:// headnode is an error at start-up, not a silent retry loop.
+    let headnode = match &config.headnode {
+        Some(h) => Some(crate::config::lazy_channel(
+            h,
+            register::CALL_TIMEOUT,
+            config.tls.as_ref(),
+        )?),
+        None => None,
+    };
+    let health_only = health_service.clone();
+    let router = server::router(health_service, store.clone(), config.tls.as_ref())?.add_service(
         pb::datanode_server::DatanodeServer::new(store)
             .max_decoding_message_size(server::MAX_GRPC_BATCH_BYTES)
             .max_encoding_message_size(server::MAX_GRPC_BATCH_BYTES),
@@ -122,9 +147,17 @@ pub async fn serve(
         health.clone(),
         stop_rx.clone(),
     ));
-    if let Some(headnode) = &config.headnode {
+    if let Some(listener) = &config.health_listener {
+        let listener = listener.try_clone().map_err(Error::HealthListener)?;
+        let mut stop = stop_rx.clone();
+        tasks.spawn(server::serve_health_only(listener, health_only, async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        }));
+    }
+    if let (Some(address), Some(channel)) = (&config.headnode, headnode) {
         tasks.spawn(register::run(
-            headnode.clone(),
+            address.clone(),
+            channel,
             config.name.clone(),
             advertise.clone(),
             stop_rx,

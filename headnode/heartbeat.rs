@@ -53,6 +53,7 @@ impl pb::heartbeat_server::Heartbeat for HeartbeatService {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterReply>, Status> {
+        crate::auth::check_registered_name(request.extensions(), &request.get_ref().name)?;
         let RegisterRequest { name, address } = request.into_inner();
         check_name(&name)?;
         let (outcome, node) = self

@@ -45,7 +45,9 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     registro::config::init_tracing();
+    let tls = args.common.tls.load()?;
     let listener = registro::server::bind(&args.listen).await?;
+    let health_listener = registro::server::bind_health(args.common.health_listen.as_deref()).await?;
     let config = headnode::Config {
         datanodes: args
             .datanodes
@@ -61,6 +63,8 @@ async fn main() -> anyhow::Result<()> {
         max_message_bytes: args.common.max_message_bytes,
         dedupe_capacity: args.common.dedupe_capacity,
         shutdown_grace: args.common.shutdown_grace,
+        tls,
+        health_listener,
     };
     let grace = config.shutdown_grace;
     registro::server::run_until_signal(

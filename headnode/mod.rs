@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use crate::logfile::LogFile;
 use crate::pb::heartbeat_server::HeartbeatServer;
 use crate::server::{self, Health};
+use crate::tls::Tls;
 use pool::Pool;
 
 /// Everything a headnode needs to run (the `headnode` flags).
@@ -46,6 +47,10 @@ pub struct Config {
     /// How many recent request ids are remembered for idempotency.
     pub dedupe_capacity: usize,
     pub shutdown_grace: Duration,
+    /// Mutual TLS for the listener and every dial to a datanode; `None`: plaintext.
+    pub tls: Option<Tls>,
+    /// `--health-listen`: a plaintext listener that serves only the health protocol.
+    pub health_listener: Option<Arc<std::net::TcpListener>>,
 }
 
 impl Default for Config {
@@ -61,6 +66,8 @@ impl Default for Config {
             max_message_bytes: server::DEFAULT_MAX_MESSAGE_BYTES,
             dedupe_capacity: server::DEFAULT_DEDUPE_CAPACITY,
             shutdown_grace: Duration::from_secs(5),
+            tls: None,
+            health_listener: None,
         }
     }
 }
@@ -80,8 +87,10 @@ pub enum Error {
     },
     #[error("invalid datanode address in --datanodes: {0}")]
     Datanode(String),
-    #[error("cannot build reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Router(#[from] server::RouterError),
+    #[error("cannot use --health-listen: {0}")]
+    HealthListener(std::io::Error),
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -105,6 +114,7 @@ pub async fn serve(
     let pool = Arc::new(Pool::new(
         config.heartbeat_timeout,
         config.datanode_connections,
+        config.tls.clone(),
     ));
     for address in &config.datanodes {
         pool.add_static(address).map_err(Error::Datanode)?;
@@ -135,8 +145,12 @@ pub async fn serve(
         config.heartbeat_interval,
         config.heartbeat_timeout,
     );
-    let router =
-        server::router(health_service, store)?.add_service(HeartbeatServer::new(heartbeat));
+    if let Some(tls) = &config.tls {
+        tls.log_identity(crate::tls::Role::Headnode);
+    }
+    let health_only = health_service.clone();
+    let router = server::router(health_service, store, config.tls.as_ref())?
+        .add_service(HeartbeatServer::new(heartbeat));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
@@ -147,6 +161,13 @@ pub async fn serve(
         config.heartbeat_timeout,
         stop_rx.clone(),
     ));
+    if let Some(listener) = &config.health_listener {
+        let listener = listener.try_clone().map_err(Error::HealthListener)?;
+        let mut stop = stop_rx.clone();
+        tasks.spawn(server::serve_health_only(listener, health_only, async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        }));
+    }
     tasks.spawn(follow_readiness(pool.clone(), health.clone(), stop_rx));
 
     if let Ok(local) = listener.local_addr() {

@@ -14,6 +14,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::batch::Batcher;
+use crate::tls::Tls;
 use crate::pb::store_client::StoreClient;
 use crate::pb::{StoreReply, StoreRequest};
 
@@ -93,10 +94,12 @@ impl Datanode {
         registered: bool,
         connect_timeout: Duration,
         connections: usize,
+        tls: Option<&Tls>,
     ) -> Result<Self, String> {
         crate::config::check_host_port(&address)?;
-        let channel =
-            || crate::config::lazy_channel(&address, connect_timeout).map_err(|e| e.to_string());
+        let channel = || {
+            crate::config::lazy_channel(&address, connect_timeout, tls).map_err(|e| e.to_string())
+        };
         let forward_channels: Vec<Channel> = (0..connections.max(1))
             .map(|_| channel())
             .collect::<Result<_, _>>()?;
@@ -187,18 +190,21 @@ pub struct Pool {
     connect_timeout: Duration,
     /// Forward connections per datanode.
     connections: usize,
+    /// Mutual TLS for every connection to a datanode; `None`: plaintext.
+    tls: Option<Tls>,
     /// How many members are SERVING; the headnode's readiness follows it.
     serving: watch::Sender<usize>,
 }
 
 impl Pool {
     /// An empty pool that opens `connections` forward connections to each datanode (plus one
-    /// for probes); connecting gives up after `connect_timeout`.
-    pub fn new(connect_timeout: Duration, connections: usize) -> Self {
+    /// for probes), with `tls` when given; connecting gives up after `connect_timeout`.
+    pub fn new(connect_timeout: Duration, connections: usize, tls: Option<Tls>) -> Self {
         Self {
             members: RwLock::new(BTreeMap::new()),
             connect_timeout,
             connections,
+            tls,
             serving: watch::Sender::new(0),
         }
     }
@@ -213,6 +219,7 @@ impl Pool {
             false,
             self.connect_timeout,
             self.connections,
+            self.tls.as_ref(),
         )?;
         self.write().insert(name, Arc::new(node));
         Ok(())
@@ -236,6 +243,7 @@ impl Pool {
             true,
             self.connect_timeout,
             self.connections,
+            self.tls.as_ref(),
         )?);
         let outcome = match members.insert(name.to_string(), node.clone()) {
             Some(old) => Registration::Moved {
@@ -354,7 +362,7 @@ mod tests {
     use super::*;
 
     fn pool() -> Pool {
-        Pool::new(Duration::from_millis(100), 2)
+        Pool::new(Duration::from_millis(100), 2, None)
     }
 
     #[tokio::test]

@@ -11,11 +11,26 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::server::TcpIncoming;
+use tower::layer::util::{Identity, Stack};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::auth::AuthLayer;
 use crate::pb;
+use crate::tls::Tls;
+
+/// A server's routes behind the [`crate::auth`] layer.
+pub type Router = tonic::transport::server::Router<Stack<AuthLayer, Identity>>;
+
+/// Why a server's router cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("cannot build reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot use the TLS certificate: {0}")]
+    Tls(#[from] tonic::transport::Error),
+}
 
 /// The largest gRPC message a server accepts or sends: the transport limit, above which tonic
 /// answers OUT_OF_RANGE before our code sees the request.
@@ -115,19 +130,27 @@ pub fn reflection() -> Result<
 }
 
 /// The router every registro server starts from: the health service, reflection (v1 and
-/// v1alpha) and `registro.v1.Store` with the transport's message limits. The headnode adds
-/// Heartbeat to it.
+/// v1alpha) and `registro.v1.Store` with the transport's message limits, behind the
+/// [`crate::auth`] layer. With `tls`, every connection needs a client certificate signed by the
+/// cluster's CA; without, it is plaintext (and says so in the log). The headnode adds Heartbeat.
 pub fn router<S>(
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
     store: S,
-) -> Result<Router, tonic_reflection::server::Error>
+    tls: Option<&Tls>,
+) -> Result<Router, RouterError>
 where
     S: pb::store_server::Store,
 {
     let (reflection_v1, reflection_v1alpha) = reflection()?;
-    Ok(tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    match tls {
+        Some(tls) => builder = builder.tls_config(tls.server_config())?,
+        None => crate::tls::warn_plaintext(),
+    }
+    Ok(builder
+        .layer(AuthLayer::new(tls.is_some()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -137,6 +160,54 @@ where
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         ))
 }
+
+/// Serves only `grpc.health.v1.Health` (the same statuses as the main port) in plaintext on
+/// `listener` until `stop` resolves: `--health-listen`, for Kubernetes' native gRPC probes and
+/// load balancers, which cannot present a client certificate. Nothing else is served there.
+pub async fn serve_health_only(
+    listener: std::net::TcpListener,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    stop: impl Future<Output = ()>,
+) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve --health-listen");
+            return;
+        }
+    };
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!("health checks (plaintext, grpc.health.v1 only) on {local}");
+    }
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "the --health-listen server failed");
+            }
+            return;
+        }
+        () = stop => {}
+    }
+    let _ = stop_tx.send(());
+    // Probes are single short calls; a Watch stream ended when the statuses were cleared.
+    let _ = tokio::time::timeout(HEALTH_ONLY_GRACE, server).await;
+}
+
+/// How long the `--health-listen` server waits for open calls when it stops.
+const HEALTH_ONLY_GRACE: Duration = Duration::from_secs(1);
 
 /// The flags every registro server shares.
 #[derive(Debug, Clone, clap::Args)]
@@ -150,6 +221,12 @@ pub struct CommonArgs {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
     #[arg(long, env = "REGISTRO_SHUTDOWN_GRACE", default_value = "5s", value_parser = crate::config::parse_duration)]
     pub shutdown_grace: Duration,
+    /// A second, plaintext address serving only grpc.health.v1.Health, for Kubernetes' gRPC
+    /// probes and load balancers (which present no client certificate).
+    #[arg(long, env = "REGISTRO_HEALTH_LISTEN", value_name = "ADDR")]
+    pub health_listen: Option<String>,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// Default number of request ids remembered for idempotency (roughly 300 bytes each).
@@ -252,6 +329,16 @@ async fn termination_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Binds `--health-listen` when given, as a std listener a role's `Config` can carry.
+pub async fn bind_health(addr: Option<&str>) -> std::io::Result<Option<std::sync::Arc<std::net::TcpListener>>> {
+    match addr {
+        Some(addr) if !addr.trim().is_empty() => {
+            Ok(Some(std::sync::Arc::new(bind(addr).await?.into_std()?)))
+        }
+        _ => Ok(None),
     }
 }
 
