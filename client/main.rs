@@ -73,6 +73,8 @@ async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
 /// ([`registro::tls::explain`]), anything else as the whole error chain.
 fn describe(error: &anyhow::Error) -> String {
     match registro::tls::explain(error.as_ref(), tls().is_some()) {
+        // A Status's own rendering is a debugging dump; the context (which address) is not.
+        Some(sentence) if error.downcast_ref::<tonic::Status>().is_some() => sentence,
         Some(sentence) => format!("{sentence} ({})", registro::one_line(&format!("{error}"))),
         None => registro::one_line(&format!("{error:#}")),
     }

@@ -44,7 +44,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let tls = args.common.tls.load()?;
     let listener = registro::server::bind(&args.listen).await?;
-    let health_listener = registro::server::bind_health(args.common.health_listen.as_deref()).await?;
+    let health_listener =
+        registro::server::bind_health(args.common.health_listen.as_deref()).await?;
     let config = datanode::Config {
         data_dir: PathBuf::from(args.data_dir.to_string_lossy().replace("{name}", &name)),
         name,

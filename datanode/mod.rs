@@ -150,9 +150,13 @@ pub async fn serve(
     if let Some(listener) = &config.health_listener {
         let listener = listener.try_clone().map_err(Error::HealthListener)?;
         let mut stop = stop_rx.clone();
-        tasks.spawn(server::serve_health_only(listener, health_only, async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        }));
+        tasks.spawn(server::serve_health_only(
+            listener,
+            health_only,
+            async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            },
+        ));
     }
     if let (Some(address), Some(channel)) = (&config.headnode, headnode) {
         tasks.spawn(register::run(

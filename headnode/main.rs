@@ -47,7 +47,8 @@ async fn main() -> anyhow::Result<()> {
     registro::config::init_tracing();
     let tls = args.common.tls.load()?;
     let listener = registro::server::bind(&args.listen).await?;
-    let health_listener = registro::server::bind_health(args.common.health_listen.as_deref()).await?;
+    let health_listener =
+        registro::server::bind_health(args.common.health_listen.as_deref()).await?;
     let config = headnode::Config {
         datanodes: args
             .datanodes

@@ -164,9 +164,13 @@ pub async fn serve(
     if let Some(listener) = &config.health_listener {
         let listener = listener.try_clone().map_err(Error::HealthListener)?;
         let mut stop = stop_rx.clone();
-        tasks.spawn(server::serve_health_only(listener, health_only, async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        }));
+        tasks.spawn(server::serve_health_only(
+            listener,
+            health_only,
+            async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            },
+        ));
     }
     tasks.spawn(follow_readiness(pool.clone(), health.clone(), stop_rx));
 

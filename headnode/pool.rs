@@ -14,9 +14,9 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::batch::Batcher;
-use crate::tls::Tls;
 use crate::pb::store_client::StoreClient;
 use crate::pb::{StoreReply, StoreRequest};
+use crate::tls::Tls;
 
 /// How a datanode looked the last time anyone checked: the words of the heartbeat log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

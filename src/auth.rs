@@ -129,7 +129,9 @@ pub fn check_registered_name(extensions: &tonic::Extensions, name: &str) -> Resu
             "registro.v1.Heartbeat/Register needs the datanode role",
         )),
         // The layer always leaves a Caller: a request without one did not pass through it.
-        None => Err(Status::internal("no caller identity: the auth layer is missing")),
+        None => Err(Status::internal(
+            "no caller identity: the auth layer is missing",
+        )),
     }
 }
 

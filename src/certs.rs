@@ -77,7 +77,11 @@ pub fn new_ca(validity: Validity) -> Result<Pem, Error> {
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
         .distinguished_name
-        .push(DnType::CommonName, "registro CA");
+        // A name of its own, so a certificate of another cluster's CA reads "unknown issuer".
+        .push(
+            DnType::CommonName,
+            format!("registro CA {:08x}", rand::random::<u32>()),
+        );
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
@@ -172,7 +176,10 @@ pub fn ca_paths(dir: &Path) -> (PathBuf, PathBuf) {
 
 /// `DIR/NAME.pem` and `DIR/NAME-key.pem`.
 pub fn cert_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
-    (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")))
+    (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    )
 }
 
 /// Writes a new CA into `dir` unless one is there already (`force` replaces it; every

@@ -27,7 +27,10 @@ pub fn endpoint(
     addr: &str,
     connect_timeout: Duration,
 ) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(settings(Endpoint::from_shared(with_scheme(addr))?, connect_timeout))
+    Ok(settings(
+        Endpoint::from_shared(with_scheme(addr))?,
+        connect_timeout,
+    ))
 }
 
 fn settings(endpoint: Endpoint, connect_timeout: Duration) -> Endpoint {
@@ -164,7 +167,10 @@ mod tests {
         assert_eq!(url("h:1", true).unwrap(), "https://h:1");
         assert_eq!(url("h:1", false).unwrap(), "http://h:1");
         assert_eq!(url("https://h:1", true).unwrap(), "https://h:1");
-        assert!(matches!(url("http://h:1", true), Err(DialError::PlaintextWithTls(_))));
+        assert!(matches!(
+            url("http://h:1", true),
+            Err(DialError::PlaintextWithTls(_))
+        ));
         assert!(matches!(
             url("https://h:1", false),
             Err(DialError::TlsWithoutCertificates(_))

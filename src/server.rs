@@ -12,9 +12,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
-use tower::layer::util::{Identity, Stack};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower::layer::util::{Identity, Stack};
 
 use crate::auth::AuthLayer;
 use crate::pb;
@@ -333,7 +333,9 @@ async fn termination_signal() {
 }
 
 /// Binds `--health-listen` when given, as a std listener a role's `Config` can carry.
-pub async fn bind_health(addr: Option<&str>) -> std::io::Result<Option<std::sync::Arc<std::net::TcpListener>>> {
+pub async fn bind_health(
+    addr: Option<&str>,
+) -> std::io::Result<Option<std::sync::Arc<std::net::TcpListener>>> {
     match addr {
         Some(addr) if !addr.trim().is_empty() => {
             Ok(Some(std::sync::Arc::new(bind(addr).await?.into_std()?)))

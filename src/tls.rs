@@ -132,6 +132,12 @@ pub enum Error {
     },
     #[error("{} holds no PEM certificate", path.display())]
     NoCertificate { path: PathBuf },
+    #[error("{} has expired (valid until {not_after}): make a new one with `client tls cert`", path.display())]
+    Expired { path: PathBuf, not_after: String },
+    #[error("{} is not valid yet (from {not_before}): is this machine's clock right?", path.display())]
+    NotYetValid { path: PathBuf, not_before: String },
+    #[error("{} cannot be parsed as an X.509 certificate", path.display())]
+    Unparsable { path: PathBuf },
     #[error("{} holds no usable PEM private key: {reason}", path.display())]
     BadKey { path: PathBuf, reason: String },
     #[error("{} does not belong to the key in {}: {reason}", cert.display(), key.display())]
@@ -202,11 +208,7 @@ impl Tls {
                 source,
             })
         };
-        Self::from_pem_files(
-            (ca, &read(ca)?),
-            (cert, &read(cert)?),
-            (key, &read(key)?),
-        )
+        Self::from_pem_files((ca, &read(ca)?), (cert, &read(cert)?), (key, &read(key)?))
     }
 
     /// The same from PEM text already in memory (tests, generated certificates).
@@ -237,6 +239,7 @@ impl Tls {
         };
         certificates(ca_path, ca)?;
         let chain = certificates(cert_path, cert)?;
+        check_validity(cert_path, &chain[0])?;
         let private = PrivateKeyDer::from_pem_slice(key).map_err(|e| Error::BadKey {
             path: key_path.to_path_buf(),
             reason: e.to_string(),
@@ -269,8 +272,12 @@ impl Tls {
             Ok(id) if id.role == role => {
                 tracing::info!(identity = %id, "mutual TLS: only certificates of the cluster's CA get in")
             }
-            Ok(id) => tracing::warn!(identity = %id, expected = %role, "mutual TLS: this certificate is not for a {role}; peers will refuse calls that need the {role} role"),
-            Err(e) => tracing::warn!(error = %e, "mutual TLS: this certificate names no role; peers will refuse calls that need one"),
+            Ok(id) => {
+                tracing::warn!(identity = %id, expected = %role, "mutual TLS: this certificate is not for a {role}; peers will refuse calls that need the {role} role")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "mutual TLS: this certificate names no role; peers will refuse calls that need one")
+            }
         }
     }
 
@@ -293,6 +300,29 @@ impl Tls {
     }
 }
 
+/// A certificate out of its validity period is refused at start-up with the reason, rather
+/// than by every peer with a terse alert.
+fn check_validity(path: &Path, der: &[u8]) -> Result<(), Error> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| Error::Unparsable {
+        path: path.to_path_buf(),
+    })?;
+    let validity = cert.validity();
+    let now = x509_parser::time::ASN1Time::now();
+    if now > validity.not_after {
+        return Err(Error::Expired {
+            path: path.to_path_buf(),
+            not_after: validity.not_after.to_string(),
+        });
+    }
+    if now < validity.not_before {
+        return Err(Error::NotYetValid {
+            path: path.to_path_buf(),
+            not_before: validity.not_before.to_string(),
+        });
+    }
+    Ok(())
+}
+
 /// Logs, once at start-up, what running without TLS allows.
 pub fn warn_plaintext() {
     tracing::warn!(
@@ -302,9 +332,21 @@ pub fn warn_plaintext() {
 
 /// One sentence for the usual TLS mistakes found anywhere in `error`'s chain, or `None` when
 /// it is none of them. `tls_configured` says whether this side dialled with TLS.
+///
+/// rustls errors come typed from the handshake, but an alert read after it (TLS 1.3 servers check
+/// the client's certificate once the client thinks the handshake is done) reaches us as text, and
+/// sometimes only as "connection closed"; both are handled.
 pub fn explain(error: &(dyn std::error::Error + 'static), tls_configured: bool) -> Option<String> {
-    use rustls::{AlertDescription as Alert, CertificateError as Cert};
-    let mut plaintext_broken = false;
+    use rustls::AlertDescription as Alert;
+    // Alerts that arrive as text, in the words rustls renders them with.
+    let alerts = [
+        Alert::UnknownCA,
+        Alert::CertificateExpired,
+        Alert::CertificateRequired,
+        Alert::BadCertificate,
+        Alert::DecryptError,
+    ]
+    .map(rustls::Error::AlertReceived);
     for e in chain(error) {
         if let Some(status) = e.downcast_ref::<tonic::Status>()
             && status.code() == tonic::Code::PermissionDenied
@@ -314,50 +356,70 @@ pub fn explain(error: &(dyn std::error::Error + 'static), tls_configured: bool) 
                 crate::one_line(status.message())
             ));
         }
-        if let Some(rustls) = e.downcast_ref::<rustls::Error>() {
-            let sentence = match rustls {
-                rustls::Error::InvalidCertificate(Cert::UnknownIssuer) => {
-                    "the server's certificate is not signed by the CA given in --tls-ca (unknown issuer): use the cluster's ca.pem"
-                }
-                rustls::Error::InvalidCertificate(
-                    Cert::Expired | Cert::ExpiredContext { .. },
-                ) => "the server's certificate has expired: give it a new one (client tls cert)",
-                rustls::Error::InvalidCertificate(
-                    Cert::NotValidForName | Cert::NotValidForNameContext { .. },
-                ) => {
-                    "the server's certificate does not name the host dialled: dial a name in its certificate, or make it one with --host"
-                }
-                rustls::Error::AlertReceived(Alert::UnknownCA) => {
-                    "the server does not trust this certificate: --tls-cert is not signed by the cluster's CA (unknown CA)"
-                }
-                rustls::Error::AlertReceived(Alert::CertificateExpired) => {
-                    "the server refused this certificate because it has expired: make a new one (client tls cert)"
-                }
-                rustls::Error::AlertReceived(Alert::CertificateRequired) => {
-                    "the server requires a client certificate: give --tls-cert and --tls-key"
-                }
-                rustls::Error::AlertReceived(Alert::BadCertificate) => {
-                    "the server refused this certificate (bad certificate): make it with client tls cert, signed by the cluster's CA"
-                }
-                rustls::Error::InvalidMessage(_) => {
-                    "the server does not speak TLS: drop --tls-ca/--tls-cert/--tls-key and dial http://, or check the port"
-                }
-                _ => continue,
-            };
+        if let Some(sentence) = e.downcast_ref::<rustls::Error>().and_then(tls_sentence) {
             return Some(sentence.to_string());
         }
         let text = e.to_string();
-        if !tls_configured
-            && (text.contains("frame with invalid size")
-                || text.contains("connection reset")
-                || text.contains("broken pipe")
-                || text.contains("protocol error"))
+        if let Some(sentence) = alerts
+            .iter()
+            .find(|alert| text.contains(&alert.to_string()))
+            .and_then(tls_sentence)
         {
-            plaintext_broken = true;
+            return Some(sentence.to_string());
         }
     }
-    plaintext_broken.then(|| {
-        "the server closed a plaintext connection: it probably requires mutual TLS; give --tls-ca, --tls-cert and --tls-key (or REGISTRO_TLS_CA, REGISTRO_TLS_CERT, REGISTRO_TLS_KEY)".to_string()
+    let closed = chain(error).any(|e| {
+        let text = e.to_string();
+        CLOSED.iter().any(|words| text.contains(words))
+    });
+    match (closed, tls_configured) {
+        (false, _) => None,
+        (true, true) => Some(
+            "the server closed the connection after the TLS handshake: it did not accept this certificate (not signed by the cluster's CA, or expired?)".into(),
+        ),
+        (true, false) => Some(
+            "the server closed a plaintext connection: if it runs mutual TLS, give --tls-ca, --tls-cert and --tls-key (or REGISTRO_TLS_CA, REGISTRO_TLS_CERT, REGISTRO_TLS_KEY)".into(),
+        ),
+    }
+}
+
+/// How hyper and h2 say that the peer hung up or spoke something else.
+const CLOSED: &[&str] = &[
+    "connection closed",
+    "connection reset",
+    "broken pipe",
+    "frame with invalid size",
+    "protocol error",
+];
+
+fn tls_sentence(error: &rustls::Error) -> Option<&'static str> {
+    use rustls::{AlertDescription as Alert, CertificateError as Cert, Error};
+    Some(match error {
+        Error::InvalidCertificate(Cert::UnknownIssuer | Cert::BadSignature) => {
+            "the server's certificate is not signed by the CA in --tls-ca (unknown issuer): use the cluster's ca.pem"
+        }
+        Error::InvalidCertificate(Cert::Expired | Cert::ExpiredContext { .. }) => {
+            "the server's certificate has expired: give the server a new one (client tls cert)"
+        }
+        Error::InvalidCertificate(Cert::NotValidForName | Cert::NotValidForNameContext { .. }) => {
+            "the server's certificate does not name the host dialled: dial a name in its certificate, or add one with client tls cert --host"
+        }
+        Error::AlertReceived(Alert::UnknownCA | Alert::DecryptError) => {
+            "the server does not trust this certificate: --tls-cert is not signed by the cluster's CA (unknown CA)"
+        }
+        Error::AlertReceived(Alert::CertificateExpired) => {
+            "the server refused this certificate because it has expired: make a new one (client tls cert)"
+        }
+        Error::AlertReceived(Alert::CertificateRequired) => {
+            "the server requires a client certificate: give --tls-cert and --tls-key"
+        }
+        Error::AlertReceived(Alert::BadCertificate) => {
+            "the server refused this certificate (bad certificate): make it with client tls cert, signed by the cluster's CA"
+        }
+        Error::InvalidMessage(_) => {
+            "the server does not speak TLS: it runs without certificates, so dial it with http:// and no --tls-* (or check the port)"
+        }
+        _ => return None,
     })
 }
 
