@@ -15,7 +15,7 @@ COMPOSE_PROJECT ?= registro
 # certificate for its own name); down, logs and ps include it when it is there.
 COMPOSE_EXTRA := target/compose-extra.yml
 DC = $(COMPOSE) -p $(COMPOSE_PROJECT) -f compose/docker-compose.yml $(if $(wildcard $(COMPOSE_EXTRA)),-f $(COMPOSE_EXTRA))
-DC_UP = $(COMPOSE) -p $(COMPOSE_PROJECT) -f compose/docker-compose.yml -f $(COMPOSE_EXTRA)
+DC_UP = $(COMPOSE) -p $(COMPOSE_PROJECT) -f compose/docker-compose.yml $(if $(filter-out 0 1 2 3,$(DATANODES)),-f $(COMPOSE_EXTRA))
 # How many datanodes `make up` runs (and `make certs` makes certificates for): datanode1…N.
 DATANODES ?= 3
 TARGET := x86_64-unknown-linux-gnu
@@ -90,7 +90,7 @@ images: static
 ## up: the cluster in containers under mutual TLS (certificates from certs/), healthy, with the client run once
 up: images certs
 	$(DC) down --remove-orphans >/dev/null 2>&1 || true
-	scripts/compose-extra.sh $(DATANODES) >$(COMPOSE_EXTRA)
+	if [ $(DATANODES) -gt 3 ]; then scripts/compose-extra.sh $(DATANODES) >$(COMPOSE_EXTRA); else rm -f $(COMPOSE_EXTRA); fi
 	mkdir -p data/headnode data/client $$(for n in $$(seq 1 $$(( $(DATANODES) > 3 ? $(DATANODES) : 3 ))); do echo data/datanode$$n; done)
 	$(DC_UP) up -d
 	COMPOSE="$(DC_UP)" scripts/compose-wait.sh 90

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${COMPOSE:=docker-compose}"
 extra=target/compose-extra.yml
-DC="$COMPOSE -p registro -f compose/docker-compose.yml -f $extra"
+DC="$COMPOSE -p registro -f compose/docker-compose.yml"
 GRPCURL=${GRPCURL:-.tools/venv/bin/grpcurl}
 export REGISTRO_TLS_CA=certs/ca.pem REGISTRO_TLS_CERT=certs/client.pem REGISTRO_TLS_KEY=certs/client-key.pem
 client=(target/x86_64-unknown-linux-gnu/release/client --addr 127.0.0.1:5000 --timeout 3s)
@@ -94,6 +94,7 @@ for id in $before_ids; do grep -q "\"id\":\"$id\"" data/datanode2/messages.jsonl
 
 target/x86_64-unknown-linux-gnu/release/client tls cert --dir certs --role datanode --name datanode4 --host localhost --host 127.0.0.1 >/dev/null
 scripts/compose-extra.sh 4 >"$extra"
+DC="$DC -f $extra"
 mkdir -p data/datanode4
 $DC up -d --no-recreate datanode4 >/dev/null 2>&1
 if within 30 bash -c "[ \$(${client[*]} status | awk '\$3 == \"SERVING\"' | wc -l) -eq 4 ]"; then
