@@ -387,6 +387,7 @@ pub fn explain(error: &(dyn std::error::Error + 'static), tls_configured: bool) 
 const CLOSED: &[&str] = &[
     "connection closed",
     "connection reset",
+    "connection was not ready",
     "broken pipe",
     "frame with invalid size",
     "protocol error",
@@ -439,4 +440,67 @@ fn chain<'a>(
         };
         Some(current)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::{AlertDescription as Alert, CertificateError as Cert};
+
+    /// A rustls error as the transport hands it over: inside an io::Error, inside a Status.
+    fn wrapped(error: rustls::Error) -> tonic::Status {
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, error);
+        tonic::Status::from_error(Box::new(io))
+    }
+
+    #[test]
+    fn a_servers_expired_certificate_is_named() {
+        let status = wrapped(rustls::Error::InvalidCertificate(Cert::Expired));
+        let sentence = explain(&status, true).unwrap();
+        assert!(
+            sentence.contains("server's certificate has expired"),
+            "{sentence}"
+        );
+    }
+
+    #[test]
+    fn an_alert_that_arrives_as_text_is_still_recognised() {
+        let text = rustls::Error::AlertReceived(Alert::CertificateExpired).to_string();
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, text);
+        let status = tonic::Status::from_error(Box::new(io));
+        let sentence = explain(&status, true).unwrap();
+        assert!(sentence.contains("because it has expired"), "{sentence}");
+    }
+
+    #[test]
+    fn permission_denied_keeps_the_servers_words() {
+        let status = tonic::Status::permission_denied("X needs the headnode role");
+        assert_eq!(
+            explain(&status, true).unwrap(),
+            "permission denied: X needs the headnode role"
+        );
+    }
+
+    #[test]
+    fn other_errors_are_not_explained() {
+        let status = tonic::Status::invalid_argument("message is empty");
+        assert_eq!(explain(&status, true), None);
+    }
+
+    #[test]
+    fn only_registro_spiffe_names_with_a_known_role_count() {
+        let ca = crate::certs::new_ca(crate::certs::Validity::from_now(Duration::from_secs(60)))
+            .unwrap();
+        let der = |pem: &str| {
+            CertificateDer::from_pem_slice(pem.as_bytes())
+                .unwrap()
+                .to_vec()
+        };
+        // The CA itself names no one.
+        assert_eq!(identity_of(&der(&ca.cert)), Err(IdentityError::Missing));
+        assert_eq!(
+            identity_of(b"not a certificate"),
+            Err(IdentityError::Unparsable)
+        );
+    }
 }
