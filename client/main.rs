@@ -62,11 +62,11 @@ fn tls() -> Option<&'static registro::tls::Tls> {
 
 /// Connects to `addr` now, so a dead server is one clear error instead of one per request.
 async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
-    Ok(registro::config::dial(addr, timeout, tls())?
+    registro::config::dial(addr, timeout, tls())?
         .timeout(timeout)
         .connect()
         .await
-        .with_context(|| format!("cannot connect to {addr}"))?)
+        .with_context(|| format!("cannot connect to {addr}"))
 }
 
 /// The one line printed for a failed command: the usual TLS mistakes in a sentence

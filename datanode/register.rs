@@ -50,7 +50,7 @@ pub async fn run(
             Ok(Err(status)) => {
                 if !failing {
                     let error = crate::tls::explain(&status, true)
-                        .unwrap_or_else(|| crate::one_line(&format!("{}", status.message())));
+                        .unwrap_or_else(|| crate::one_line(status.message()));
                     tracing::warn!(headnode = %headnode, code = ?status.code(), error = %error, "headnode refused registration; will retry");
                 }
                 failing = true;

@@ -135,7 +135,7 @@ pub fn check_registered_name(extensions: &tonic::Extensions, name: &str) -> Resu
     }
 }
 
-/// The tower layer: checks every call against [`TABLE`] when `enforce` (the server runs mutual
+/// The tower layer: checks every call against the table ([`access`]) when `enforce` (the server runs mutual
 /// TLS), lets everything through as [`Caller::Anyone`] otherwise.
 #[derive(Debug, Clone, Copy)]
 pub struct AuthLayer {
