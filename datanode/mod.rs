@@ -79,7 +79,7 @@ pub enum Error {
     Router(#[from] server::RouterError),
     #[error("cannot use --health-listen: {0}")]
     HealthListener(std::io::Error),
-    #[error(transparent)]
+    #[error("--headnode: {0}")]
     Headnode(#[from] crate::config::DialError),
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
