@@ -301,6 +301,29 @@ async fn a_client_certificate_cannot_call_storebatch() {
     assert!(records_in(&cluster.dir.path().join("datanode1")).is_empty());
 }
 
+/// Health checks take any certificate of the cluster, whatever its role, while the calls of
+/// another role stay closed to it.
+#[tokio::test]
+async fn any_cluster_certificate_may_check_health() {
+    let cluster = TlsCluster::start().await;
+    let datanode2 = cluster.pki.tls(Role::Datanode, "datanode2");
+    let channel = channel(&cluster.addr(), Some(&datanode2)).await.unwrap();
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(health, ServingStatus::Serving);
+    let status = HeartbeatClient::new(channel)
+        .status(StatusRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+}
+
 /// The headnode's own certificate may call StoreBatch (the forwarding path works under TLS), and
 /// a client may Store and List through the headnode.
 #[tokio::test]
