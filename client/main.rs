@@ -5,6 +5,7 @@ mod health;
 mod list;
 mod send;
 mod status;
+mod tls;
 
 use std::time::Duration;
 
@@ -17,17 +18,20 @@ use tonic::transport::Channel;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The server to talk to: the headnode, or a datanode directly.
+    /// The server to talk to: the headnode, or a datanode directly. Without a scheme, https://
+    /// when --tls-* are given, http:// otherwise.
     #[arg(
         long,
         global = true,
         env = "REGISTRO_ADDR",
-        default_value = "http://127.0.0.1:5000"
+        default_value = "127.0.0.1:5000"
     )]
     addr: String,
     /// How long to wait for a connection and for each reply.
     #[arg(long, global = true, env = "REGISTRO_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
+    #[command(flatten)]
+    tls: registro::tls::TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,16 +48,48 @@ enum Command {
     Health(health::Args),
     /// Load Store with concurrent requests and report throughput, errors and latency percentiles.
     Bench(bench::Args),
+    /// Make the cluster's certificates for mutual TLS: a CA, then one certificate per process.
+    #[command(subcommand)]
+    Tls(tls::Command),
+}
+
+/// The TLS material of this run (`--tls-*`), loaded once at start.
+static TLS: std::sync::OnceLock<Option<registro::tls::Tls>> = std::sync::OnceLock::new();
+
+fn tls() -> Option<&'static registro::tls::Tls> {
+    TLS.get().and_then(Option::as_ref)
 }
 
 /// Connects to `addr` now, so a dead server is one clear error instead of one per request.
 async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
-    registro::config::endpoint(addr, timeout)
-        .with_context(|| format!("invalid address {addr:?}"))?
+    registro::config::dial(addr, timeout, tls())?
         .timeout(timeout)
         .connect()
         .await
         .with_context(|| format!("cannot connect to {addr}"))
+}
+
+/// The one line printed for a failed command: the usual TLS mistakes in a sentence
+/// ([`registro::tls::explain`]), anything else as the whole error chain.
+fn describe(error: &anyhow::Error) -> String {
+    match registro::tls::explain(error.as_ref(), tls().is_some()) {
+        // A Status's own rendering is a debugging dump; the context (which address) is not.
+        Some(sentence) if error.downcast_ref::<tonic::Status>().is_some() => sentence,
+        Some(sentence) => format!("{sentence} ({})", registro::one_line(&format!("{error}"))),
+        None => registro::one_line(&format!("{error:#}")),
+    }
+}
+
+/// The same for one failed call.
+fn describe_status(status: &tonic::Status) -> String {
+    match registro::tls::explain(status, tls().is_some()) {
+        Some(sentence) => sentence,
+        None => format!(
+            "{:?}: {}",
+            status.code(),
+            registro::one_line(status.message())
+        ),
+    }
 }
 
 #[tokio::main]
@@ -61,23 +97,38 @@ async fn main() {
     let args = Args::parse();
     registro::config::init_tracing();
     let code = match args.command {
-        Command::Health(h) => health::run(&args.addr, args.timeout, h).await,
-        command => {
-            let result = match command {
-                Command::Send(s) => send::run(&args.addr, args.timeout, s).await,
-                Command::Status => status::run(&args.addr, args.timeout).await,
-                Command::List(l) => list::run(&args.addr, args.timeout, l).await,
-                Command::Bench(b) => bench::run(&args.addr, args.timeout, b).await,
-                Command::Health(_) => unreachable!("handled above"),
-            };
-            match result {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    1
-                }
+        Command::Tls(t) => tls::run(t).unwrap_or_else(|e| {
+            eprintln!("error: {e:#}");
+            1
+        }),
+        command => match args.tls.load() {
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
             }
-        }
+            Ok(tls) => {
+                let _ = TLS.set(tls);
+                run(&args.addr, args.timeout, command).await
+            }
+        },
     };
     std::process::exit(code);
+}
+
+async fn run(addr: &str, timeout: Duration, command: Command) -> i32 {
+    let result = match command {
+        Command::Health(h) => return health::run(addr, timeout, h).await,
+        Command::Send(s) => send::run(addr, timeout, s).await,
+        Command::Status => status::run(addr, timeout).await,
+        Command::List(l) => list::run(addr, timeout, l).await,
+        Command::Bench(b) => bench::run(addr, timeout, b).await,
+        Command::Tls(_) => unreachable!("handled in main"),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", describe(&e));
+            1
+        }
+    }
 }

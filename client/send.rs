@@ -136,7 +136,7 @@ pub async fn run(addr: &str, timeout: Duration, args: Args) -> anyhow::Result<i3
             }
             Err(status) => {
                 let message = one_line(status.message());
-                eprintln!("error: {:?}: {message}", status.code());
+                eprintln!("error: {}", crate::describe_status(&status));
                 log.append(format!(
                     "{} ERROR {:?} {message}",
                     registro::time::now(),

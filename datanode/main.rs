@@ -48,7 +48,10 @@ async fn main() -> anyhow::Result<()> {
         _ => registro::config::host_name()
             .context("no --name given and the host name cannot be read")?,
     };
+    let tls = args.common.tls.load()?;
     let listener = registro::server::bind(&args.listen).await?;
+    let health_listener =
+        registro::server::bind_health(args.common.health_listen.as_deref()).await?;
     let config = datanode::Config {
         data_dir: PathBuf::from(args.data_dir.to_string_lossy().replace("{name}", &name)),
         name,
@@ -61,6 +64,8 @@ async fn main() -> anyhow::Result<()> {
         shutdown_grace: args.common.shutdown_grace,
         max_lists: args.max_lists,
         list_idle_timeout: args.list_idle_timeout,
+        tls,
+        health_listener,
     };
     let grace = config.shutdown_grace;
     registro::server::run_until_signal(

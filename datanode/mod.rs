@@ -15,12 +15,14 @@ pub mod store;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
 use crate::pb;
 use crate::server::{self, Health};
+use crate::tls::Tls;
 use data_file::{DataFile, Fsync};
 
 /// Everything a datanode needs to run (the `datanode` flags).
@@ -48,6 +50,10 @@ pub struct Config {
     pub max_lists: usize,
     /// A List whose reader takes no message for this long ends with DEADLINE_EXCEEDED.
     pub list_idle_timeout: Duration,
+    /// Mutual TLS for the listener and for registering; `None`: plaintext.
+    pub tls: Option<Tls>,
+    /// `--health-listen`: a plaintext listener that serves only the health protocol.
+    pub health_listener: Option<Arc<std::net::TcpListener>>,
 }
 
 impl Config {
@@ -65,6 +71,8 @@ impl Config {
             shutdown_grace: Duration::from_secs(5),
             max_lists: store::DEFAULT_MAX_LISTS,
             list_idle_timeout: store::DEFAULT_LIST_IDLE_TIMEOUT,
+            tls: None,
+            health_listener: None,
         }
     }
 }
@@ -74,8 +82,12 @@ impl Config {
 pub enum Error {
     #[error(transparent)]
     DataFile(#[from] data_file::OpenError),
-    #[error("cannot build reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Router(#[from] server::RouterError),
+    #[error("cannot use --health-listen: {0}")]
+    HealthListener(std::io::Error),
+    #[error("--headnode: {0}")]
+    Headnode(#[from] crate::config::DialError),
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("cannot read the listener's address: {0}")]
@@ -126,21 +138,39 @@ async fn run(
     let (health, health_service) =
         Health::new(&[crate::STORE_SERVICE, crate::DATANODE_SERVICE]).await;
     let store = store::StoreService::new(&config, file.clone(), &loaded);
+    if let Some(tls) = &config.tls {
+        tls.log_identity(crate::tls::Role::Datanode);
+    }
+    // Checked now: with TLS, an http:// headnode is an error at start-up, not a silent retry loop.
+    let headnode = match &config.headnode {
+        Some(h) => Some(crate::config::lazy_channel(
+            h,
+            register::CALL_TIMEOUT,
+            config.tls.as_ref(),
+        )?),
+        None => None,
+    };
+    let health_only = health_service.clone();
     let tracker = crate::limits::Tracker::new(config.limits);
-    let router = server::router(&tracker, health_service, store.clone())?.add_service(
-        pb::datanode_server::DatanodeServer::new(store)
-            .max_decoding_message_size(server::MAX_GRPC_BATCH_BYTES)
-            .max_encoding_message_size(server::MAX_GRPC_BATCH_BYTES),
-    );
+    let router = server::router(&tracker, health_service, store.clone(), config.tls.as_ref())?
+        .add_service(
+            pb::datanode_server::DatanodeServer::new(store)
+                .max_decoding_message_size(server::MAX_GRPC_BATCH_BYTES)
+                .max_encoding_message_size(server::MAX_GRPC_BATCH_BYTES),
+        );
 
     let mut followers = server::Followers::new();
     let (healthy, reporter) = (file.healthy(), health.clone());
     followers.spawn(|stop| follow_disk_health(healthy, reporter, stop));
-    if let Some(headnode) = &config.headnode {
-        let (headnode, name, advertise) =
-            (headnode.clone(), config.name.clone(), advertise.clone());
-        followers.spawn(|stop| register::run(headnode, name, advertise, stop));
+    if let (Some(address), Some(channel)) = (&config.headnode, headnode) {
+        let (address, name, advertise) = (address.clone(), config.name.clone(), advertise.clone());
+        followers.spawn(|stop| register::run(address, channel, name, advertise, stop));
     }
+    // The plaintext health port outlives the drain, so probes see NOT_SERVING rather than a
+    // refused connection while requests finish.
+    let health_port =
+        server::HealthPort::start(config.health_listener.as_ref(), config.limits, health_only)
+            .map_err(Error::HealthListener)?;
 
     tracing::info!("listening on {local}");
     let result = server::serve(
@@ -154,6 +184,7 @@ async fn run(
     .await;
     // Already done unless the server failed before a shutdown.
     followers.stop().await;
+    health_port.stop().await;
     if let Err(e) = file.sync().await {
         tracing::error!(error = %e, "final sync of the data file failed");
     }

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tonic::transport::Channel;
 
 use crate::pb::RegisterRequest;
 use crate::pb::heartbeat_client::HeartbeatClient;
@@ -15,17 +16,17 @@ use crate::pb::heartbeat_client::HeartbeatClient;
 /// Used until the headnode tells its own interval.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// Bound on one Register call, so a hung headnode cannot stall the loop.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Keeps this datanode registered with `headnode` until `stop` turns true.
-pub async fn run(headnode: String, name: String, address: String, mut stop: watch::Receiver<bool>) {
-    let channel = match crate::config::lazy_channel(&headnode, CALL_TIMEOUT) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(headnode = %headnode, error = %e, "invalid --headnode address; not registering");
-            return;
-        }
-    };
+/// Keeps this datanode registered with `headnode` (reached through `channel`) until `stop`
+/// turns true.
+pub async fn run(
+    headnode: String,
+    channel: Channel,
+    name: String,
+    address: String,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut client = HeartbeatClient::new(channel);
     let mut interval = DEFAULT_INTERVAL;
     // Whether the last attempt failed, so a streak of failures is logged once.
@@ -48,13 +49,15 @@ pub async fn run(headnode: String, name: String, address: String, mut stop: watc
             }
             Ok(Err(status)) => {
                 if !failing {
-                    tracing::warn!(headnode = %headnode, code = ?status.code(), error = %status.message(), "headnode refused registration; will retry");
+                    let error = crate::tls::explain(&status, true)
+                        .unwrap_or_else(|| crate::one_line(status.message()));
+                    tracing::warn!(headnode = %headnode, code = ?status.code(), error = %error, "headnode refused registration; will retry");
                 }
                 failing = true;
             }
             Err(_) => {
                 if !failing {
-                    tracing::warn!(headnode = %headnode, "cannot reach the headnode to register; will retry");
+                    tracing::warn!(headnode = %headnode, "no answer from the headnode to Register; will retry");
                 }
                 failing = true;
             }

@@ -54,7 +54,10 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     registro::config::init_tracing();
+    let tls = args.common.tls.load()?;
     let listener = registro::server::bind(&args.listen).await?;
+    let health_listener =
+        registro::server::bind_health(args.common.health_listen.as_deref()).await?;
     let config = headnode::Config {
         datanodes: args
             .datanodes
@@ -75,6 +78,8 @@ async fn main() -> anyhow::Result<()> {
             idle_timeout: args.list_idle_timeout,
         },
         shutdown_grace: args.common.shutdown_grace,
+        tls,
+        health_listener,
     };
     let grace = config.shutdown_grace;
     registro::server::run_until_signal(

@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use crate::logfile::LogFile;
 use crate::pb::heartbeat_server::HeartbeatServer;
 use crate::server::{self, Health};
+use crate::tls::Tls;
 use pool::Pool;
 
 /// Everything a headnode needs to run (the `headnode` flags).
@@ -52,6 +53,10 @@ pub struct Config {
     /// Bounds of List streams.
     pub lists: store::ListLimits,
     pub shutdown_grace: Duration,
+    /// Mutual TLS for the listener and every dial to a datanode; `None`: plaintext.
+    pub tls: Option<Tls>,
+    /// `--health-listen`: a plaintext listener that serves only the health protocol.
+    pub health_listener: Option<Arc<std::net::TcpListener>>,
 }
 
 impl Default for Config {
@@ -69,6 +74,8 @@ impl Default for Config {
             limits: Default::default(),
             lists: Default::default(),
             shutdown_grace: Duration::from_secs(5),
+            tls: None,
+            health_listener: None,
         }
     }
 }
@@ -88,8 +95,10 @@ pub enum Error {
     },
     #[error("invalid datanode address in --datanodes: {0}")]
     Datanode(String),
-    #[error("cannot build reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Router(#[from] server::RouterError),
+    #[error("cannot use --health-listen: {0}")]
+    HealthListener(std::io::Error),
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -115,6 +124,7 @@ pub async fn serve(
         config.datanode_connections,
         config.forward_timeout,
         config.lists.max_open,
+        config.tls.clone(),
     ));
     for address in &config.datanodes {
         pool.add_static(address).map_err(Error::Datanode)?;
@@ -145,8 +155,12 @@ pub async fn serve(
         config.heartbeat_interval,
         config.heartbeat_timeout,
     );
+    if let Some(tls) = &config.tls {
+        tls.log_identity(crate::tls::Role::Headnode);
+    }
+    let health_only = health_service.clone();
     let tracker = crate::limits::Tracker::new(config.limits);
-    let router = server::router(&tracker, health_service, store)?
+    let router = server::router(&tracker, health_service, store, config.tls.as_ref())?
         .add_service(HeartbeatServer::new(heartbeat));
 
     // The probes and the readiness follower stop before the shutdown sequence turns health
@@ -162,6 +176,11 @@ pub async fn serve(
         )
     });
     followers.spawn(|stop| follow_readiness(pool.clone(), health.clone(), stop));
+    // The plaintext health port outlives the drain, so probes see NOT_SERVING rather than a
+    // refused connection while requests finish.
+    let health_port =
+        server::HealthPort::start(config.health_listener.as_ref(), config.limits, health_only)
+            .map_err(Error::HealthListener)?;
 
     if let Ok(local) = listener.local_addr() {
         tracing::info!("listening on {local}");
@@ -177,6 +196,7 @@ pub async fn serve(
     .await;
     // Already done unless the server failed before a shutdown.
     followers.stop().await;
+    health_port.stop().await;
     for log in [&heartbeat_log, &registro_log] {
         if let Err(e) = log.sync().await {
             tracing::error!(path = %log.path().display(), error = %e, "final sync of a log failed");
@@ -213,7 +233,7 @@ mod tests {
 
     /// What a health client on `url` hears about `registro.v1.Store`.
     async fn store_status(url: &str) -> Result<ServingStatus, tonic::Code> {
-        let channel = crate::config::lazy_channel(url, Duration::from_secs(1)).unwrap();
+        let channel = crate::config::lazy_channel(url, Duration::from_secs(1), None).unwrap();
         let mut client = HealthClient::new(channel);
         client
             .check(HealthCheckRequest {
@@ -241,6 +261,7 @@ mod tests {
             1,
             Duration::from_secs(1),
             1,
+            None,
         ));
         pool.add_static("127.0.0.1:1").unwrap();
         let node = pool.get("127.0.0.1:1").unwrap();

@@ -15,6 +15,7 @@ use tonic_health::pb::health_client::HealthClient;
 use super::batch::{self, Batcher};
 use crate::pb::store_client::StoreClient;
 use crate::pb::{StoreReply, StoreRequest};
+use crate::tls::Tls;
 
 /// The HTTP/2 flow-control window of one List stream from a datanode: the most a List whose
 /// reader is slow holds in the headnode per datanode.
@@ -96,32 +97,30 @@ impl Datanode {
         name: String,
         address: String,
         registered: bool,
-        connect_timeout: Duration,
-        connections: usize,
-        forward_timeout: Duration,
-        max_lists: usize,
+        dialing: &Dialing,
     ) -> Result<Self, String> {
         crate::config::check_host_port(&address)?;
-        let channel =
-            || crate::config::lazy_channel(&address, connect_timeout).map_err(|e| e.to_string());
-        let forward_channels: Vec<Channel> = (0..connections.max(1))
-            .map(|_| channel())
+        let dial = || {
+            crate::config::dial(&address, dialing.connect_timeout, dialing.tls.as_ref())
+                .map_err(|e| e.to_string())
+        };
+        let forward_channels: Vec<Channel> = (0..dialing.connections.max(1))
+            .map(|_| dial().map(|e| e.connect_lazy()))
             .collect::<Result<_, _>>()?;
-        let health_channel = channel()?;
+        let health_channel = dial()?.connect_lazy();
         // Every List stream may hold its whole window unread, and the connection's window is
         // room for all of them: a reader that stops cannot take another List's share.
-        let list_window = u32::try_from(max_lists.max(1))
+        let list_window = u32::try_from(dialing.max_lists.max(1))
             .unwrap_or(u32::MAX)
             .saturating_mul(LIST_STREAM_WINDOW)
             .min(MAX_WINDOW);
-        let list_channel = crate::config::endpoint(&address, connect_timeout)
-            .map_err(|e| e.to_string())?
+        let list_channel = dial()?
             .initial_stream_window_size(LIST_STREAM_WINDOW)
             .initial_connection_window_size(list_window)
             .connect_lazy();
         Ok(Self {
             name,
-            batcher: Batcher::new(forward_channels, forward_timeout),
+            batcher: Batcher::new(forward_channels, dialing.forward_timeout),
             list_channel,
             health_channel,
             address,
@@ -200,6 +199,14 @@ pub enum Registration {
 /// Every datanode the headnode knows, by name.
 pub struct Pool {
     members: RwLock<BTreeMap<String, Arc<Datanode>>>,
+    /// How every member is dialled.
+    dialing: Dialing,
+    /// How many members are SERVING; the headnode's readiness follows it.
+    serving: watch::Sender<usize>,
+}
+
+/// How the headnode connects to every datanode.
+struct Dialing {
     connect_timeout: Duration,
     /// Forward connections per datanode.
     connections: usize,
@@ -207,26 +214,30 @@ pub struct Pool {
     forward_timeout: Duration,
     /// Lists open at once, for the List connections' windows.
     max_lists: usize,
-    /// How many members are SERVING; the headnode's readiness follows it.
-    serving: watch::Sender<usize>,
+    /// Mutual TLS for every connection to a datanode; `None`: plaintext.
+    tls: Option<Tls>,
 }
 
 impl Pool {
     /// An empty pool that opens `connections` forward connections to each datanode (plus one
-    /// for probes and one for up to `max_lists` Lists); connecting gives up after
-    /// `connect_timeout`, a forward call after `forward_timeout`.
+    /// for probes and one for up to `max_lists` Lists), with `tls` when given; connecting gives
+    /// up after `connect_timeout`, a forward call after `forward_timeout`.
     pub fn new(
         connect_timeout: Duration,
         connections: usize,
         forward_timeout: Duration,
         max_lists: usize,
+        tls: Option<Tls>,
     ) -> Self {
         Self {
             members: RwLock::new(BTreeMap::new()),
-            connect_timeout,
-            connections,
-            forward_timeout,
-            max_lists,
+            dialing: Dialing {
+                connect_timeout,
+                connections,
+                forward_timeout,
+                max_lists,
+                tls,
+            },
             serving: watch::Sender::new(0),
         }
     }
@@ -235,15 +246,7 @@ impl Pool {
     /// [`crate::config::static_datanode_name`]).
     pub fn add_static(&self, address: &str) -> Result<(), String> {
         let name = crate::config::static_datanode_name(address);
-        let node = Datanode::new(
-            name.clone(),
-            address.to_string(),
-            false,
-            self.connect_timeout,
-            self.connections,
-            self.forward_timeout,
-            self.max_lists,
-        )?;
+        let node = Datanode::new(name.clone(), address.to_string(), false, &self.dialing)?;
         self.write().insert(name, Arc::new(node));
         Ok(())
     }
@@ -264,10 +267,7 @@ impl Pool {
             name.to_string(),
             address.to_string(),
             true,
-            self.connect_timeout,
-            self.connections,
-            self.forward_timeout,
-            self.max_lists,
+            &self.dialing,
         )?);
         let outcome = match members.insert(name.to_string(), node.clone()) {
             Some(old) => Registration::Moved {
@@ -386,7 +386,13 @@ mod tests {
     use super::*;
 
     fn pool() -> Pool {
-        Pool::new(Duration::from_millis(100), 2, Duration::from_millis(500), 4)
+        Pool::new(
+            Duration::from_millis(100),
+            2,
+            Duration::from_millis(500),
+            4,
+            None,
+        )
     }
 
     #[tokio::test]

@@ -4,13 +4,17 @@
 #   every service healthy; a Store through port 5000 with grpcurl from the host; docker kill of
 #   datanode2 shows UNREACHABLE in the heartbeat log on the host while Stores keep succeeding;
 #   restarting it shows SERVING and its earlier messages are still in its data file; a fourth
-#   datanode registers and gets traffic; make down leaves no container running.
+#   datanode registers and gets traffic; make down leaves no container running. All of it under
+#   mutual TLS with the certificates of `make certs`; plaintext on port 5000 is refused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${COMPOSE:=docker-compose}"
+extra=target/compose-extra.yml
 DC="$COMPOSE -p registro -f compose/docker-compose.yml"
 GRPCURL=${GRPCURL:-.tools/venv/bin/grpcurl}
-client=(target/x86_64-unknown-linux-gnu/release/client --addr http://127.0.0.1:5000 --timeout 3s)
+export REGISTRO_TLS_CA=certs/ca.pem REGISTRO_TLS_CERT=certs/client.pem REGISTRO_TLS_KEY=certs/client-key.pem
+client=(target/x86_64-unknown-linux-gnu/release/client --addr 127.0.0.1:5000 --timeout 3s)
+tls=(-cacert certs/ca.pem -cert certs/client.pem -key certs/client-key.pem -servername headnode)
 heartbeat=data/headnode/heartbeat.log
 passed=0
 failed=0
@@ -42,11 +46,16 @@ echo "make up took $((SECONDS - start)) s"
 
 [ "$(serving_count)" -eq 3 ] && ok "three datanodes SERVING" || fail "three datanodes SERVING: $("${client[@]}" status)"
 
-reply=$("$GRPCURL" -plaintext -d '{"message":"Hola desde el host"}' localhost:5000 registro.v1.Store/Store)
+reply=$("$GRPCURL" "${tls[@]}" -d '{"message":"Hola desde el host"}' localhost:5000 registro.v1.Store/Store)
 if grep -q '"receipt": "Message '"'"'Hola desde el host'"'"' stored on datanode' <<<"$reply"; then
-  ok "Store through port 5000 with grpcurl"
+  ok "Store through port 5000 with grpcurl and the client certificate"
 else
   fail "Store through port 5000 with grpcurl: $reply"
+fi
+if "$GRPCURL" -plaintext -connect-timeout 2 localhost:5000 list >/dev/null 2>&1; then
+  fail "grpcurl -plaintext was served on port 5000"
+else
+  ok "grpcurl -plaintext refused on port 5000"
 fi
 
 # Make sure datanode2 holds something before it is killed.
@@ -83,18 +92,22 @@ missing=0
 for id in $before_ids; do grep -q "\"id\":\"$id\"" data/datanode2/messages.jsonl || missing=$((missing + 1)); done
 [ $missing -eq 0 ] && ok "every message stored before the kill is still in data/datanode2/messages.jsonl" || fail "$missing messages missing from datanode2's file"
 
-$DC up -d --no-recreate --scale datanode=1 datanode >/dev/null 2>&1
+target/x86_64-unknown-linux-gnu/release/client tls cert --dir certs --role datanode --name datanode4 --host localhost --host 127.0.0.1 >/dev/null
+scripts/compose-extra.sh 4 >"$extra"
+DC="$DC -f $extra"
+mkdir -p data/datanode4
+$DC up -d --no-recreate datanode4 >/dev/null 2>&1
 if within 30 bash -c "[ \$(${client[*]} status | awk '\$3 == \"SERVING\"' | wc -l) -eq 4 ]"; then
   ok "a fourth datanode registered and is SERVING"
 else
   fail "no fourth datanode SERVING: $("${client[@]}" status)"
 fi
-extra=$("${client[@]}" status | awk 'NR > 1 && $1 !~ /^datanode[123]$/ {print $1}' | head -1)
+fourth=$("${client[@]}" status | awk 'NR > 1 && $1 !~ /^datanode[123]$/ {print $1}' | head -1)
 got=0
 for _ in $(seq 1 200); do
-  "${client[@]}" send --count 1 --log data/client/host.log 2>/dev/null | grep -q "stored on $extra\." && { got=1; break; }
+  "${client[@]}" send --count 1 --log data/client/host.log 2>/dev/null | grep -q "stored on $fourth\." && { got=1; break; }
 done
-[ $got -eq 1 ] && ok "the fourth datanode ($extra) gets traffic" || fail "the fourth datanode got no traffic"
+[ $got -eq 1 ] && ok "the fourth datanode ($fourth) gets traffic" || fail "the fourth datanode got no traffic"
 
 make down >/dev/null 2>&1
 left=$(docker ps -q --filter label=com.docker.compose.project=registro | wc -l)
