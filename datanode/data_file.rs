@@ -28,6 +28,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
+use super::metrics::DataFileMetrics;
+
 /// The data file's name inside `--data-dir`.
 pub const FILE_NAME: &str = "messages.jsonl";
 
@@ -134,6 +136,8 @@ pub struct DataFile {
     /// Length of the file prefix that holds only complete, acknowledged records.
     durable_len: Arc<AtomicU64>,
     healthy: watch::Receiver<bool>,
+    /// What the writer records per write (stored, fsync time, batch size, file length).
+    metrics: DataFileMetrics,
 }
 
 impl DataFile {
@@ -179,6 +183,8 @@ impl DataFile {
         probe_write(dir).map_err(dir_err)?;
 
         let durable_len = Arc::new(AtomicU64::new(good_len));
+        let metrics = DataFileMetrics::default();
+        metrics.file_length(good_len);
         let (healthy_tx, healthy) = watch::channel(true);
         let (tx, rx) = std_mpsc::channel();
         let writer = Writer {
@@ -191,6 +197,7 @@ impl DataFile {
             last_stamp: last_stamp_of(&path, good_len),
             buf: Vec::new(),
             holds: 0,
+            metrics: metrics.clone(),
         };
         std::thread::Builder::new()
             .name("data file writer".into())
@@ -202,9 +209,15 @@ impl DataFile {
                 path,
                 durable_len,
                 healthy,
+                metrics,
             },
             loaded,
         ))
+    }
+
+    /// The file's metrics, for the datanode's registry.
+    pub fn metrics(&self) -> &DataFileMetrics {
+        &self.metrics
     }
 
     /// Where the file is.
@@ -370,6 +383,7 @@ struct Writer {
     buf: Vec<u8>,
     /// Callers between [`DataFile::hold`] and the drop of their [`Hold`].
     holds: usize,
+    metrics: DataFileMetrics,
 }
 
 impl Writer {
@@ -456,13 +470,14 @@ impl Writer {
             .file
             .write_all(&self.buf)
             .and_then(|()| match self.fsync {
-                Fsync::Always => self.file.sync_data(),
+                Fsync::Always => self.metrics.time_fsync(|| self.file.sync_data()),
                 Fsync::Never => Ok(()),
             });
         match result {
             Ok(()) => {
                 self.len += self.buf.len() as u64;
                 self.durable_len.store(self.len, Ordering::Release);
+                self.metrics.written(records.len(), self.len);
                 self.healthy
                     .send_if_modified(|healthy| !std::mem::replace(healthy, true));
                 for (record, done) in records.into_iter().zip(waiters) {

@@ -29,6 +29,10 @@ struct Args {
     /// always: reply only after the record is synced to disk (group commit); never: faster, and a machine crash can lose replies already sent.
     #[arg(long, env = "REGISTRO_FSYNC", value_enum, default_value = "always")]
     fsync: Fsync,
+    /// Serve Prometheus metrics (GET /metrics) over HTTP on this address, e.g. 0.0.0.0:9600
+    /// [default: off].
+    #[arg(long, env = "REGISTRO_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     common: registro::server::CommonArgs,
 }
@@ -52,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
         max_message_bytes: args.common.max_message_bytes,
         dedupe_capacity: args.common.dedupe_capacity,
         shutdown_grace: args.common.shutdown_grace,
+        metrics_listen: args.metrics_listen.filter(|a| !a.trim().is_empty()),
     };
     let grace = config.shutdown_grace;
     registro::server::run_until_signal(

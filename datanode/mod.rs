@@ -7,18 +7,22 @@
 //! - [`data_file`]: the file format, group commit, crash recovery.
 //! - [`store`]: the Store service: validation, idempotency, receipts.
 //! - [`register`]: announcing this datanode to the headnode.
+//! - [`metrics`]: the data file's metrics, served with the gRPC ones on `--metrics-listen`.
 
 pub mod data_file;
+pub mod metrics;
 pub mod register;
 pub mod store;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::metrics::{GrpcLayer, GrpcMetrics, MetricsListener};
 use crate::pb;
 use crate::server::{self, Health};
 use data_file::{DataFile, Fsync};
@@ -42,6 +46,8 @@ pub struct Config {
     pub dedupe_capacity: usize,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Where to serve `/metrics` (`--metrics-listen`); none without it.
+    pub metrics_listen: Option<String>,
 }
 
 impl Config {
@@ -56,6 +62,7 @@ impl Config {
             max_message_bytes: server::DEFAULT_MAX_MESSAGE_BYTES,
             dedupe_capacity: DEFAULT_DEDUPE_CAPACITY,
             shutdown_grace: Duration::from_secs(5),
+            metrics_listen: None,
         }
     }
 }
@@ -75,6 +82,8 @@ pub enum Error {
     Listener(std::io::Error),
     #[error("invalid --advertise address: {0}")]
     Advertise(String),
+    #[error("{0}")]
+    Metrics(std::io::Error),
 }
 
 /// Runs a datanode on `listener` until `shutdown` resolves, then shuts down gracefully and syncs
@@ -109,14 +118,25 @@ pub async fn serve(
     let (health, health_service) =
         Health::new(&[crate::STORE_SERVICE, crate::DATANODE_SERVICE]).await;
     let store = store::StoreService::new(&config, file.clone(), &loaded);
-    let router = server::router(health_service, store.clone())?.add_service(
-        pb::datanode_server::DatanodeServer::new(store)
-            .max_decoding_message_size(server::MAX_GRPC_BATCH_BYTES)
-            .max_encoding_message_size(server::MAX_GRPC_BATCH_BYTES),
-    );
+    let (grpc_metrics, metrics_listener) = match &config.metrics_listen {
+        Some(addr) => {
+            let (grpc, listener) = observability(addr, &file).await?;
+            (Some(grpc), Some(listener))
+        }
+        None => (None, None),
+    };
+    let router = server::router(health_service, store.clone(), GrpcLayer::new(grpc_metrics))?
+        .add_service(
+            pb::datanode_server::DatanodeServer::new(store)
+                .max_decoding_message_size(server::MAX_GRPC_BATCH_BYTES)
+                .max_encoding_message_size(server::MAX_GRPC_BATCH_BYTES),
+        );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(metrics_listener) = metrics_listener {
+        tasks.spawn(metrics_listener.serve(stop_rx.clone()));
+    }
     tasks.spawn(follow_disk_health(
         file.healthy(),
         health.clone(),
@@ -140,6 +160,29 @@ pub async fn serve(
     }
     tracing::info!(name = %config.name, "datanode stopped");
     Ok(result?)
+}
+
+/// Binds the metrics listener and builds what it serves: the gRPC metrics and the data file's.
+async fn observability(
+    addr: &str,
+    file: &DataFile,
+) -> Result<(Arc<GrpcMetrics>, MetricsListener), Error> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let grpc = GrpcMetrics::register(
+        &mut registry,
+        &[
+            crate::STORE_SERVICE,
+            crate::DATANODE_SERVICE,
+            crate::metrics::HEALTH_SERVICE,
+            crate::metrics::REFLECTION_SERVICES[0],
+            crate::metrics::REFLECTION_SERVICES[1],
+        ],
+    );
+    file.metrics().register(&mut registry);
+    let listener = MetricsListener::bind(addr, registry, None)
+        .await
+        .map_err(Error::Metrics)?;
+    Ok((grpc, listener))
 }
 
 /// The address to announce when `--advertise` is not given: the listener's own, or the host name

@@ -9,11 +9,14 @@
 //! - [`store`]: forwarding with failover, idempotency, the registro log, List merging.
 //! - [`batch`]: the Stores bound for one datanode, sent together.
 //! - [`heartbeat`]: Register and Status.
+//! - [`metrics`]: the pool's metrics; [`status_page`]: the HTML page on the metrics port.
 
 pub mod batch;
 pub mod heartbeat;
+pub mod metrics;
 pub mod pool;
 pub mod probe;
+pub mod status_page;
 pub mod store;
 
 use std::future::Future;
@@ -24,6 +27,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::logfile::LogFile;
+use crate::metrics::{GrpcLayer, GrpcMetrics, MetricsListener};
 use crate::pb::heartbeat_server::HeartbeatServer;
 use crate::server::{self, Health};
 use pool::Pool;
@@ -46,6 +50,8 @@ pub struct Config {
     /// How many recent request ids are remembered for idempotency.
     pub dedupe_capacity: usize,
     pub shutdown_grace: Duration,
+    /// Where to serve `/metrics` and the status page (`--metrics-listen`); none without it.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for Config {
@@ -61,6 +67,7 @@ impl Default for Config {
             max_message_bytes: server::DEFAULT_MAX_MESSAGE_BYTES,
             dedupe_capacity: server::DEFAULT_DEDUPE_CAPACITY,
             shutdown_grace: Duration::from_secs(5),
+            metrics_listen: None,
         }
     }
 }
@@ -84,6 +91,8 @@ pub enum Error {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Metrics(std::io::Error),
 }
 
 fn open_log(path: &PathBuf) -> Result<LogFile, Error> {
@@ -135,11 +144,21 @@ pub async fn serve(
         config.heartbeat_interval,
         config.heartbeat_timeout,
     );
-    let router =
-        server::router(health_service, store)?.add_service(HeartbeatServer::new(heartbeat));
+    let (grpc_metrics, metrics_listener) = match &config.metrics_listen {
+        Some(addr) => {
+            let (grpc, listener) = observability(addr, &pool, &listener).await?;
+            (Some(grpc), Some(listener))
+        }
+        None => (None, None),
+    };
+    let router = server::router(health_service, store, GrpcLayer::new(grpc_metrics))?
+        .add_service(HeartbeatServer::new(heartbeat));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(metrics_listener) = metrics_listener {
+        tasks.spawn(metrics_listener.serve(stop_rx.clone()));
+    }
     tasks.spawn(probe::run(
         pool.clone(),
         heartbeat_log.clone(),
@@ -162,6 +181,35 @@ pub async fn serve(
     }
     tracing::info!("headnode stopped");
     Ok(result?)
+}
+
+/// Binds the metrics listener and builds what it serves: the gRPC metrics, the pool's, and the
+/// status page.
+async fn observability(
+    addr: &str,
+    pool: &Arc<Pool>,
+    grpc_listener: &TcpListener,
+) -> Result<(Arc<GrpcMetrics>, MetricsListener), Error> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let grpc = GrpcMetrics::register(
+        &mut registry,
+        &[
+            crate::STORE_SERVICE,
+            crate::HEARTBEAT_SERVICE,
+            crate::metrics::HEALTH_SERVICE,
+            crate::metrics::REFLECTION_SERVICES[0],
+            crate::metrics::REFLECTION_SERVICES[1],
+        ],
+    );
+    metrics::register(&mut registry, pool.clone());
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let page = status_page::StatusPage::new(pool.clone(), grpc.clone(), grpc_addr);
+    let listener = MetricsListener::bind(addr, registry, Some(Box::new(move || page.render())))
+        .await
+        .map_err(Error::Metrics)?;
+    Ok((grpc, listener))
 }
 
 /// Keeps `registro.v1.Store` SERVING exactly while at least one datanode is.

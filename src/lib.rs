@@ -13,7 +13,7 @@
 //! | `headnode/` | [`headnode`]: the pool of datanodes, routing and failover, probes, the logs |
 //! | `datanode/` | [`datanode`]: the data file with group commit, the Store service, registration |
 //! | `client/` | the `client` binary: send, status, list, health, bench |
-//! | `src/` | what the roles share: [`config`], [`dedupe`], [`logfile`], [`retry`], [`server`], [`time`] |
+//! | `src/` | what the roles share: [`config`], [`dedupe`], [`logfile`], [`metrics`], [`retry`], [`server`], [`time`] |
 //!
 //! Each role exposes `serve(listener, config, shutdown)` so that tests can start real nodes
 //! in-process on `127.0.0.1:0`; the binaries only parse flags, set up logging and call it.
@@ -21,6 +21,7 @@
 pub mod config;
 pub mod dedupe;
 pub mod logfile;
+pub mod metrics;
 pub mod retry;
 pub mod server;
 pub mod time;

@@ -11,11 +11,16 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+use tower_layer::{Identity, Stack};
 
+use crate::metrics::GrpcLayer;
 use crate::pb;
+
+/// A server's routes behind the gRPC metrics layer ([`crate::metrics::GrpcLayer`]).
+pub type Router = tonic::transport::server::Router<Stack<GrpcLayer, Identity>>;
 
 /// The largest gRPC message a server accepts or sends: the transport limit, above which tonic
 /// answers OUT_OF_RANGE before our code sees the request.
@@ -115,19 +120,21 @@ pub fn reflection() -> Result<
 }
 
 /// The router every registro server starts from: the health service, reflection (v1 and
-/// v1alpha) and `registro.v1.Store` with the transport's message limits. The headnode adds
-/// Heartbeat to it.
+/// v1alpha) and `registro.v1.Store` with the transport's message limits, every call recorded by
+/// `metrics`. The headnode adds Heartbeat to it.
 pub fn router<S>(
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
     store: S,
+    metrics: GrpcLayer,
 ) -> Result<Router, tonic_reflection::server::Error>
 where
     S: pb::store_server::Store,
 {
     let (reflection_v1, reflection_v1alpha) = reflection()?;
     Ok(tonic::transport::Server::builder()
+        .layer(metrics)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
