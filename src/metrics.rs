@@ -10,8 +10,9 @@
 //! each starts at zero and a request for any other path cannot add series: those are counted
 //! under `grpc_service="unknown"`.
 //!
-//! The exposition is OpenMetrics text (`prometheus-client`'s encoder), which Prometheus asks for
-//! first and parses natively.
+//! `/metrics` answers in the format the client asks for: OpenMetrics text (`prometheus-client`'s
+//! encoder) when its `Accept` names it, as Prometheus's does; otherwise the classic Prometheus
+//! text format 0.0.4 (curl, a browser, older scrapers), converted from it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -449,9 +450,11 @@ pub const HTTP_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// The largest request head read (request line and headers).
 pub const HTTP_MAX_HEAD_BYTES: usize = 16 * 1024;
 
-/// The content type of the exposition: OpenMetrics text.
+/// The content type of the OpenMetrics exposition.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of the classic Prometheus text exposition.
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// What the listener serves: the registry, and the page at `/` if there is one.
 struct Site {
@@ -565,12 +568,29 @@ fn respond(site: &Site, request: &http::Request<Incoming>) -> http::Response<Ful
     match (request.uri().path(), &site.page) {
         ("/metrics", _) => {
             let mut text = String::new();
-            match prometheus_client::encoding::text::encode(&mut text, &site.registry) {
-                Ok(()) => response(http::StatusCode::OK, OPENMETRICS_CONTENT_TYPE, text),
-                Err(_) => plain(
+            if prometheus_client::encoding::text::encode(&mut text, &site.registry).is_err() {
+                return plain(
                     http::StatusCode::INTERNAL_SERVER_ERROR,
                     "cannot encode the metrics\n",
-                ),
+                );
+            }
+            let openmetrics = request
+                .headers()
+                .get_all(http::header::ACCEPT)
+                .iter()
+                .any(|v| {
+                    v.as_bytes()
+                        .windows(20)
+                        .any(|w| w == b"application/openmetr")
+                });
+            if openmetrics {
+                response(http::StatusCode::OK, OPENMETRICS_CONTENT_TYPE, text)
+            } else {
+                response(
+                    http::StatusCode::OK,
+                    PROMETHEUS_TEXT_CONTENT_TYPE,
+                    prometheus_text(&text),
+                )
             }
         }
         ("/", Some(page)) => response(http::StatusCode::OK, "text/html; charset=utf-8", page())
@@ -581,6 +601,41 @@ fn respond(site: &Site, request: &http::Request<Incoming>) -> http::Response<Ful
             ),
         _ => plain(http::StatusCode::NOT_FOUND, "not found: try /metrics\n"),
     }
+}
+
+/// The classic Prometheus text format (0.0.4) of an OpenMetrics exposition from
+/// `prometheus-client`: a counter family is named with its `_total` (OpenMetrics names it
+/// without), and there is no `# EOF` or `# UNIT` line. Samples, histograms and gauges read the
+/// same in both.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    // A family's HELP comes before its TYPE, which says whether the name needs `_total`.
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest.split_once(' ').map_or("", |(_, text)| text));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "gauge" | "histogram" | "summary" => (name.to_string(), kind),
+                _ => (name.to_string(), "untyped"),
+            };
+            if let Some(text) = help.take() {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if line.starts_with('#') {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 fn plain(status: http::StatusCode, text: &'static str) -> http::Response<Full<Bytes>> {
@@ -797,6 +852,21 @@ mod tests {
         );
         assert_eq!(code_name(Code::Cancelled), "Canceled");
         assert_eq!(code_name(Code::Unauthenticated), "Unauthenticated");
+    }
+
+    /// The classic text format names counter families with `_total` and drops the OpenMetrics
+    /// end marker; everything else is the same.
+    #[test]
+    fn the_classic_text_format_is_converted_from_openmetrics() {
+        let (registry, _grpc) = metrics();
+        let openmetrics = exposition(&registry);
+        let text = prometheus_text(&openmetrics);
+        assert!(text.contains("# TYPE grpc_server_handled_total counter\n"));
+        assert!(text.contains("# HELP grpc_server_handled_total Total number of RPCs completed"));
+        assert!(text.contains("# TYPE grpc_server_handling_seconds histogram\n"));
+        assert!(!text.contains("# EOF"));
+        let samples = |t: &str| t.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(samples(&text), samples(&openmetrics));
     }
 
     /// Without metrics the layer passes calls and bodies through untouched.
