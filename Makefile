@@ -6,7 +6,7 @@ VENV := $(TOOLS)/venv
 GRPCURL := $(VENV)/bin/grpcurl
 export GRPCURL
 
-.PHONY: build test soak demo fmt lint doc tools clean static images up down logs ps test-compose
+.PHONY: build test soak demo fmt lint doc tools system-tools clean static images up down logs ps test-compose
 
 # Containers: Compose v2 (`docker compose`) when present, else Compose v1 (`docker-compose`).
 COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
@@ -25,8 +25,8 @@ export REGISTRO_GID := $(shell id -g)
 build:
 	$(CARGO) build --release --locked
 
-## test: every test (unit, integration, process-level, grpcurl interop)
-test: tools
+## test: every test (unit, integration, process-level, grpcurl interop, Prometheus, Chromium)
+test: tools system-tools
 	$(CARGO) test --locked --all-targets
 
 ## soak: a minute of full load through the headnode; memory must stay flat
@@ -58,6 +58,19 @@ $(GRPCURL): requirements-test.txt
 	$(GRPCURL) --version
 	@touch $(GRPCURL)
 
+## system-tools: Prometheus and Chromium from Debian for tests/observability.rs, installed with
+## apt-get when missing and make runs as root; otherwise it says why and those two tests skip.
+SYSTEM_TOOLS := prometheus chromium
+system-tools:
+	@missing=""; for p in $(SYSTEM_TOOLS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "make system-tools: not installing$$missing (needs root and apt-get); the tests that use them will skip" >&2; exit 0; \
+	fi; \
+	echo "make system-tools: apt-get install$$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends$$missing >/dev/null \
+	  || echo "make system-tools: apt-get could not install$$missing; the tests that use them will skip" >&2
+
 ## static: the binaries, statically linked, for FROM-scratch images
 static:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked --target $(TARGET)
@@ -83,6 +96,8 @@ up: images
 	$(DC) run --rm client
 	@echo
 	@echo "registro is up: headnode on localhost:$${REGISTRO_PORT:-5000} with $(DATANODES) datanodes."
+	@echo "  status page:  http://localhost:$${REGISTRO_METRICS_PORT:-9500}/"
+	@echo "  metrics:      http://localhost:$${REGISTRO_METRICS_PORT:-9500}/metrics (headnode), http://localhost:9601/metrics … :9603 (datanode1-3)"
 	@echo "  grpcurl -plaintext localhost:$${REGISTRO_PORT:-5000} list"
 	@echo "  target/$(TARGET)/release/client status"
 	@echo "  make logs     # follow every container's log"
