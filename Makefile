@@ -122,6 +122,11 @@ clean:
 	$(CARGO) clean
 	rm -rf $(TOOLS)
 
+## metrics-overhead: what recording metrics costs the headnode (callgrind instructions per Store, and alternating client bench rounds)
+.PHONY: metrics-overhead
+metrics-overhead: build
+	scripts/metrics-overhead.sh
+
 ## bench: Store throughput and latency (direct, headnode, nginx) and failure detection; writes BENCHMARKS.md and docs/bench.svg
 .PHONY: bench
 bench:

@@ -80,7 +80,7 @@ printf '  %-31s %s\n' "$data/logs/" "each process's own log (stderr)"
 if [ "${DEMO_KEEP:-0}" = 1 ]; then
   echo
   echo "== DEMO_KEEP=1: the cluster keeps running; open http://127.0.0.1:9500/ and press Ctrl-C to stop"
-  trap 'echo; echo "== stopping the cluster (SIGTERM)"; stop_all; echo "demo: done"; exit 0' INT TERM
+  trap 'echo; echo "== stopping the cluster (SIGTERM)"; stop_all || true; echo "demo: done"; exit 0' INT TERM
   while :; do sleep 1; done
 fi
 echo

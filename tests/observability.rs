@@ -215,23 +215,9 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts `binary` scraping `jobs` (job name → targets) every 200 ms and waits until it is
-    /// ready.
-    fn start(binary: &Path, jobs: &[(&str, Vec<String>)]) -> Self {
+    /// Starts `binary` with `config` (prometheus.yml) and waits until it is ready.
+    fn start(binary: &Path, config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = String::from(
-            "global:\n  scrape_interval: 200ms\n  scrape_timeout: 200ms\nscrape_configs:\n",
-        );
-        for (job, targets) in jobs {
-            let targets = targets
-                .iter()
-                .map(|t| format!("'{t}'"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            config.push_str(&format!(
-                "  - job_name: '{job}'\n    static_configs:\n      - targets: [{targets}]\n"
-            ));
-        }
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).unwrap();
         // Prometheus cannot report a port it picked itself: take a free one and hand it over.
@@ -325,9 +311,37 @@ impl Drop for Prometheus {
     }
 }
 
-/// A real Prometheus scraping the headnode and three datanodes counts exactly the Stores that
-/// were made (the headnode's OK Stores, the sum of the datanodes' stored messages), and sees a
-/// SIGKILLed datanode as down.
+/// The scrape config the README gives (the block after `<!-- prometheus.yml -->`), for the
+/// cluster's real addresses and scraped every 200 ms.
+fn readme_scrape_config(headnode: &str, datanodes: &[String]) -> String {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let block = readme
+        .split("<!-- prometheus.yml -->\n```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README.md has a prometheus.yml block");
+    let mut config = block
+        .replace(
+            "scrape_interval: 5s",
+            "scrape_interval: 200ms\n  scrape_timeout: 200ms",
+        )
+        .replace("localhost:9500", headnode);
+    for (i, addr) in datanodes.iter().enumerate() {
+        config = config.replace(&format!("localhost:960{}", i + 1), addr);
+    }
+    assert!(!config.contains("localhost"), "{config}");
+    config
+}
+
+/// The README's two PromQL queries.
+const ANY_DATANODE_DOWN: &str = "registro_datanode_up == 0";
+const STORES_PER_SECOND_BY_RESULT: &str = r#"sum by (grpc_code) (rate(grpc_server_handled_total{job="headnode",grpc_service="registro.v1.Store",grpc_method="Store"}[1m]))"#;
+
+/// A real Prometheus, configured with the README's scrape config, scraping the headnode and
+/// three datanodes counts exactly the Stores that were made (the headnode's OK Stores, the sum
+/// of the datanodes' stored messages), answers the README's queries, and sees a SIGKILLed
+/// datanode as down.
 #[test]
 fn prometheus_counts_every_store_and_sees_a_killed_datanode_down() {
     let binary = match program("prometheus") {
@@ -336,14 +350,17 @@ fn prometheus_counts_every_store_and_sees_a_killed_datanode_down() {
     };
     const N: usize = 40;
     let mut cluster = ObservedCluster::start();
-    let datanode_targets = cluster.datanodes.iter().map(|(_, a)| a.clone()).collect();
+    let datanode_targets: Vec<String> = cluster.datanodes.iter().map(|(_, a)| a.clone()).collect();
     let prometheus = Prometheus::start(
         &binary,
-        &[
-            ("headnode", vec![cluster.headnode_metrics.clone()]),
-            ("datanode", datanode_targets),
-        ],
+        &readme_scrape_config(&cluster.headnode_metrics, &datanode_targets),
     );
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    for query in [ANY_DATANODE_DOWN, STORES_PER_SECOND_BY_RESULT] {
+        assert!(readme.contains(query), "README.md lacks {query}");
+    }
+    assert!(prometheus.query(ANY_DATANODE_DOWN).is_empty());
     prometheus.wait_value("count(up == 1)", 4.0);
     cluster.store(N);
 
@@ -354,11 +371,17 @@ fn prometheus_counts_every_store_and_sees_a_killed_datanode_down() {
     prometheus.wait_value(r#"sum(registro_stored_total{job="datanode"})"#, N as f64);
     prometheus.wait_value(r#"sum(registro_routed_total{job="headnode"})"#, N as f64);
     prometheus.wait_value("count(registro_datanode_up == 1)", 3.0);
+    let rates = prometheus.query(STORES_PER_SECOND_BY_RESULT);
+    let ok: Vec<_> = rates.iter().filter(|(_, rate)| *rate > 0.0).collect();
+    assert!(
+        ok.len() == 1 && ok[0].0["grpc_code"] == "OK",
+        "only OK Stores happened: {rates:?}"
+    );
 
     cluster.datanodes[1].0.signal("KILL");
     cluster.datanodes[1].0.wait_exit();
     prometheus.wait_value(r#"registro_datanode_up{datanode="datanode2"}"#, 0.0);
-    let down = prometheus.query("registro_datanode_up == 0");
+    let down = prometheus.query(ANY_DATANODE_DOWN);
     assert_eq!(down.len(), 1, "{down:?}");
     assert_eq!(down[0].0["datanode"], "datanode2");
     prometheus.wait_value(
