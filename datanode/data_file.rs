@@ -383,6 +383,7 @@ struct Writer {
     buf: Vec<u8>,
     /// Callers between [`DataFile::hold`] and the drop of their [`Hold`].
     holds: usize,
+    /// The same series as [`DataFile::metrics`]: recorded here, read by the registry.
     metrics: DataFileMetrics,
 }
 

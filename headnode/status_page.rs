@@ -382,8 +382,9 @@ fn render(page: &Page<'_>) -> String {
             let (to_class, to) = badge(t.to);
             let _ = writeln!(
                 html,
-                r#"<tr><td><span class="mono">{at}</span><br><small>{ago}</small></td><td class="name">{name}<br><span class="mono" style="font-weight:400;color:var(--muted)">{address}</span></td><td><span class="badge {from_class}">{from}</span><span class="arrow">→</span><span class="badge {to_class}">{to}</span></td><td class="detail">{detail}</td></tr>"#,
-                at = crate::time::format(t.at),
+                r#"<tr><td><span class="mono" title="{stamp}">{at} UTC</span><br><small>{ago}</small></td><td class="name">{name}<br><span class="mono" style="font-weight:400;color:var(--muted)">{address}</span></td><td><span class="badge {from_class}">{from}</span><span class="arrow">→</span><span class="badge {to_class}">{to}</span></td><td class="detail">{detail}</td></tr>"#,
+                stamp = crate::time::format(t.at),
+                at = t.at.format("%H:%M:%S%.3f"),
                 ago = ago(page.now, Some(t.at)),
                 name = escape(&t.datanode),
                 address = escape(&t.address),

@@ -6,7 +6,9 @@
 #    sends SMALL and then LARGE Stores (separate runs), and the instructions per Store are
 #    (Ir(LARGE) - Ir(SMALL)) / (LARGE - SMALL), which cancels start-up, shutdown and probes.
 # 2. Throughput (same run, alternating): ROUNDS rounds, each starts a fresh cluster without and
-#    then with --metrics-listen and runs `client bench` for BENCH_SECONDS; medians are compared.
+#    then with --metrics-listen and runs `client bench` for BENCH_SECONDS; the medians of each,
+#    and the median of the rounds' own ratios (a round's two runs saw the same machine), are
+#    compared. ROUNDS=0 skips this part.
 #
 # Ports: every process listens on 127.0.0.1:0 (nothing fixed). Needs valgrind for part 1.
 set -euo pipefail
@@ -101,10 +103,12 @@ per_on=$(( (ir[on-$LARGE] - ir[on-$SMALL]) / (LARGE - SMALL) ))
 echo "  per Store: $per_off instructions without metrics, $per_on with"
 awk -v off="$per_off" -v on="$per_on" 'BEGIN { printf "  recording costs %+.2f%% instructions per Store\n", (on - off) * 100 / off }'
 
+[ "$ROUNDS" -gt 0 ] || exit 0
 echo
 echo "== throughput (client bench --concurrency $CONCURRENCY, ${BENCH_SECONDS}s, $ROUNDS alternating rounds, 3 datanodes)"
 off_runs=()
 on_runs=()
+ratios=()
 for round in $(seq 1 "$ROUNDS"); do
   for mode in off on; do
     dir="$work/bench-$round-$mode"
@@ -124,6 +128,7 @@ for round in $(seq 1 "$ROUNDS"); do
     rate=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["throughput_rps"]))' "$dir/bench.json")
     printf '  round %d metrics %-3s %7s Stores/s\n' "$round" "$mode" "$rate"
     if [ "$mode" = on ]; then on_runs+=("$rate"); else off_runs+=("$rate"); fi
+    [ "$mode" = on ] && ratios+=("$(awk -v off="${off_runs[-1]}" -v on="$rate" 'BEGIN { printf "%.4f", (on - off) * 100 / off }')")
     for pid in "${pids[@]}"; do stop "$pid"; done
     pids=()
   done
@@ -132,4 +137,6 @@ median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? 
 m_off=$(median "${off_runs[@]}")
 m_on=$(median "${on_runs[@]}")
 echo "  median: $m_off Stores/s without metrics, $m_on with"
-awk -v off="$m_off" -v on="$m_on" 'BEGIN { printf "  throughput with metrics: %+.2f%%\n", (on - off) * 100 / off }'
+awk -v off="$m_off" -v on="$m_on" 'BEGIN { printf "  throughput with metrics: %+.2f%% (medians)\n", (on - off) * 100 / off }'
+printf '  throughput with metrics: %+.2f%% (median of the rounds'"'"' own differences: %s)\n' \
+  "$(median "${ratios[@]}")" "$(printf '%+.1f%% ' "${ratios[@]}")"

@@ -101,11 +101,14 @@ struct HandledLabels {
 struct Method {
     /// `/package.Service/Method`, as the request's path says it.
     path: String,
+    /// The full service name and the method name, for [`GrpcMetrics::handled`].
     service: String,
     method: String,
+    /// `grpc_server_started_total`.
     started: Counter,
     /// `grpc_server_handled_total` by code number.
     handled: [Counter; 17],
+    /// `grpc_server_handling_seconds`.
     seconds: Histogram,
 }
 
