@@ -495,7 +495,8 @@ impl MetricsListener {
         })
     }
 
-    /// Serves until `stop` turns true (see [`serve_http`]).
+    /// Serves over HTTP/1.1 until `stop` turns true: `GET /metrics`, `GET /` (the page, where
+    /// there is one), HEAD of both; 404 for any other path, 405 for other methods.
     pub async fn serve(self, stop: watch::Receiver<bool>) {
         serve_http(self.listener, self.site, stop).await;
     }
