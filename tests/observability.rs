@@ -346,7 +346,7 @@ const STORES_PER_SECOND_BY_RESULT: &str = r#"sum by (grpc_code) (rate(grpc_serve
 fn prometheus_counts_every_store_and_sees_a_killed_datanode_down() {
     let binary = match program("prometheus") {
         Ok(p) => p,
-        Err(why) => return skip("prometheus_counts_every_store…", &why),
+        Err(why) => return skip("prometheus_counts_every_store_and_sees_a_killed_datanode_down", &why),
     };
     const N: usize = 40;
     let mut cluster = ObservedCluster::start();
@@ -405,7 +405,7 @@ fn prometheus_counts_every_store_and_sees_a_killed_datanode_down() {
 fn the_status_page_in_a_browser_shows_every_datanode_and_a_dead_one_unreachable() {
     let chromium = match program("chromium") {
         Ok(p) => p,
-        Err(why) => return skip("the_status_page_in_a_browser…", &why),
+        Err(why) => return skip("the_status_page_in_a_browser_shows_every_datanode_and_a_dead_one_unreachable", &why),
     };
     let mut cluster = ObservedCluster::start();
     cluster.store(5);
