@@ -346,7 +346,12 @@ const STORES_PER_SECOND_BY_RESULT: &str = r#"sum by (grpc_code) (rate(grpc_serve
 fn prometheus_counts_every_store_and_sees_a_killed_datanode_down() {
     let binary = match program("prometheus") {
         Ok(p) => p,
-        Err(why) => return skip("prometheus_counts_every_store_and_sees_a_killed_datanode_down", &why),
+        Err(why) => {
+            return skip(
+                "prometheus_counts_every_store_and_sees_a_killed_datanode_down",
+                &why,
+            );
+        }
     };
     const N: usize = 40;
     let mut cluster = ObservedCluster::start();
@@ -405,7 +410,12 @@ fn prometheus_counts_every_store_and_sees_a_killed_datanode_down() {
 fn the_status_page_in_a_browser_shows_every_datanode_and_a_dead_one_unreachable() {
     let chromium = match program("chromium") {
         Ok(p) => p,
-        Err(why) => return skip("the_status_page_in_a_browser_shows_every_datanode_and_a_dead_one_unreachable", &why),
+        Err(why) => {
+            return skip(
+                "the_status_page_in_a_browser_shows_every_datanode_and_a_dead_one_unreachable",
+                &why,
+            );
+        }
     };
     let mut cluster = ObservedCluster::start();
     cluster.store(5);
@@ -605,8 +615,8 @@ async fn failed_calls_and_streams_are_counted_with_their_codes() {
     }
 }
 
-/// The metrics listener answers only GET and HEAD, only on its paths, survives garbage, and
-/// cuts off a client that never finishes its request.
+/// The metrics listener answers only GET and HEAD, only on its paths, survives garbage, cuts
+/// off a client that never finishes its request, and closes when the node stops.
 #[test]
 fn the_metrics_listener_is_strict_and_bounded() {
     let dir = tempfile::tempdir().unwrap();
@@ -670,5 +680,12 @@ fn the_metrics_listener_is_strict_and_bounded() {
     );
 
     assert_eq!(get(&addr, "/metrics").status, 200, "still serving");
-    assert!(datanode.log_text().contains("serving metrics on"));
+
+    // It stops with the node.
+    datanode.signal("TERM");
+    assert!(datanode.wait_exit().success(), "{}", datanode.log_text());
+    assert!(
+        TcpStream::connect(&addr).is_err(),
+        "metrics port still open"
+    );
 }
