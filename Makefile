@@ -6,7 +6,7 @@ VENV := $(TOOLS)/venv
 GRPCURL := $(VENV)/bin/grpcurl
 export GRPCURL
 
-.PHONY: build test soak demo fmt lint doc tools clean static images up down logs ps test-compose certs
+.PHONY: build test soak demo fmt lint doc tools system-tools clean static images up down logs ps test-compose certs
 
 # Containers: Compose v2 (`docker compose`) when present, else Compose v1 (`docker-compose`).
 COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
@@ -28,8 +28,8 @@ export REGISTRO_GID := $(shell id -g)
 build:
 	$(CARGO) build --release --locked
 
-## test: every test (unit, integration, process-level, grpcurl interop)
-test: tools
+## test: every test (unit, integration, process-level, grpcurl interop, Prometheus, Chromium)
+test: tools system-tools
 	$(CARGO) test --locked --all-targets
 
 ## soak: a minute of full load through the headnode; memory must stay flat
@@ -71,6 +71,19 @@ certs: static
 	done
 	$(STATIC_DIR)/client tls cert --dir $(CERTS) --role client --name client
 
+## system-tools: Prometheus and Chromium from Debian for tests/observability.rs, installed with
+## apt-get when missing and make runs as root; otherwise it says why and those two tests skip.
+SYSTEM_TOOLS := prometheus chromium
+system-tools:
+	@missing=""; for p in $(SYSTEM_TOOLS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "make system-tools: not installing$$missing (needs root and apt-get); the tests that use them will skip" >&2; exit 0; \
+	fi; \
+	echo "make system-tools: apt-get install$$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends$$missing >/dev/null \
+	  || echo "make system-tools: apt-get could not install$$missing; the tests that use them will skip" >&2
+
 ## static: the binaries, statically linked, for FROM-scratch images
 static:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked --target $(TARGET)
@@ -99,6 +112,8 @@ up: images certs
 	@echo "registro is up under mutual TLS: headnode on localhost:$${REGISTRO_PORT:-5000} with $(DATANODES) datanodes."
 	@echo "  grpcurl -cacert certs/ca.pem -cert certs/client.pem -key certs/client-key.pem -servername headnode localhost:$${REGISTRO_PORT:-5000} list"
 	@echo "  export REGISTRO_TLS_CA=certs/ca.pem REGISTRO_TLS_CERT=certs/client.pem REGISTRO_TLS_KEY=certs/client-key.pem"
+	@echo "  status page:  http://localhost:$${REGISTRO_METRICS_PORT:-9500}/"
+	@echo "  metrics:      http://localhost:$${REGISTRO_METRICS_PORT:-9500}/metrics (headnode), http://localhost:9601/metrics … :9603 (datanode1-3)"
 	@echo "  target/$(TARGET)/release/client status"
 	@echo "  make logs     # follow every container's log"
 	@echo "  make ps       # containers and their health"
@@ -121,6 +136,11 @@ test-compose: tools
 clean:
 	$(CARGO) clean
 	rm -rf $(TOOLS)
+
+## metrics-overhead: what recording metrics costs the headnode (callgrind instructions per Store, and alternating client bench rounds)
+.PHONY: metrics-overhead
+metrics-overhead: build
+	scripts/metrics-overhead.sh
 
 ## bench: Store throughput and latency (direct, headnode, nginx) and failure detection; writes BENCHMARKS.md and docs/bench.svg
 .PHONY: bench

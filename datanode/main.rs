@@ -35,6 +35,10 @@ struct Args {
     /// A List stream whose reader takes no message for this long ends with DEADLINE_EXCEEDED.
     #[arg(long, env = "REGISTRO_LIST_IDLE_TIMEOUT", default_value = "30s", value_parser = registro::config::parse_duration)]
     list_idle_timeout: std::time::Duration,
+    /// Serve Prometheus metrics (GET /metrics) over HTTP on this address, e.g. 0.0.0.0:9600
+    /// [default: off].
+    #[arg(long, env = "REGISTRO_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     common: registro::server::CommonArgs,
 }
@@ -66,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
         list_idle_timeout: args.list_idle_timeout,
         tls,
         health_listener,
+        metrics_listen: args.metrics_listen.filter(|a| !a.trim().is_empty()),
     };
     let grace = config.shutdown_grace;
     registro::server::run_until_signal(

@@ -7,8 +7,10 @@
 //! - [`data_file`]: the file format, group commit, crash recovery.
 //! - [`store`]: the Store service: validation, idempotency, receipts.
 //! - [`register`]: announcing this datanode to the headnode.
+//! - [`metrics`]: the data file's metrics, served with the gRPC ones on `--metrics-listen`.
 
 pub mod data_file;
+pub mod metrics;
 pub mod register;
 pub mod store;
 
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::metrics::{GrpcLayer, GrpcMetrics, MetricsListener};
 use crate::pb;
 use crate::server::{self, Health};
 use crate::tls::Tls;
@@ -54,6 +57,8 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// `--health-listen`: a plaintext listener that serves only the health protocol.
     pub health_listener: Option<Arc<std::net::TcpListener>>,
+    /// Where to serve `/metrics` (`--metrics-listen`); none without it.
+    pub metrics_listen: Option<String>,
 }
 
 impl Config {
@@ -73,6 +78,7 @@ impl Config {
             list_idle_timeout: store::DEFAULT_LIST_IDLE_TIMEOUT,
             tls: None,
             health_listener: None,
+            metrics_listen: None,
         }
     }
 }
@@ -94,6 +100,8 @@ pub enum Error {
     Listener(std::io::Error),
     #[error("invalid --advertise address: {0}")]
     Advertise(String),
+    #[error("{0}")]
+    Metrics(std::io::Error),
 }
 
 /// Runs a datanode on `listener` until `shutdown` resolves, then shuts down gracefully and syncs
@@ -150,14 +158,27 @@ async fn run(
         )?),
         None => None,
     };
+    let (grpc_metrics, metrics_listener) = match &config.metrics_listen {
+        Some(addr) => {
+            let (grpc, listener) = observability(addr, &file).await?;
+            (Some(grpc), Some(listener))
+        }
+        None => (None, None),
+    };
     let health_only = health_service.clone();
     let tracker = crate::limits::Tracker::new(config.limits);
-    let router = server::router(&tracker, health_service, store.clone(), config.tls.as_ref())?
-        .add_service(
-            pb::datanode_server::DatanodeServer::new(store)
-                .max_decoding_message_size(server::MAX_GRPC_BATCH_BYTES)
-                .max_encoding_message_size(server::MAX_GRPC_BATCH_BYTES),
-        );
+    let router = server::router(
+        &tracker,
+        health_service,
+        store.clone(),
+        config.tls.as_ref(),
+        GrpcLayer::new(grpc_metrics),
+    )?
+    .add_service(
+        pb::datanode_server::DatanodeServer::new(store)
+            .max_decoding_message_size(server::MAX_GRPC_BATCH_BYTES)
+            .max_encoding_message_size(server::MAX_GRPC_BATCH_BYTES),
+    );
 
     let mut followers = server::Followers::new();
     let (healthy, reporter) = (file.healthy(), health.clone());
@@ -166,11 +187,13 @@ async fn run(
         let (address, name, advertise) = (address.clone(), config.name.clone(), advertise.clone());
         followers.spawn(|stop| register::run(address, channel, name, advertise, stop));
     }
-    // The plaintext health port outlives the drain, so probes see NOT_SERVING rather than a
-    // refused connection while requests finish.
+    // The plaintext health port and the metrics port outlive the drain, so probes see
+    // NOT_SERVING rather than a refused connection while requests finish.
     let health_port =
         server::HealthPort::start(config.health_listener.as_ref(), config.limits, health_only)
             .map_err(Error::HealthListener)?;
+    let (metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
+    let metrics_task = metrics_listener.map(|l| tokio::spawn(l.serve(metrics_stopped)));
 
     tracing::info!("listening on {local}");
     let result = server::serve(
@@ -185,11 +208,38 @@ async fn run(
     // Already done unless the server failed before a shutdown.
     followers.stop().await;
     health_port.stop().await;
+    metrics_stop.send_replace(true);
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     if let Err(e) = file.sync().await {
         tracing::error!(error = %e, "final sync of the data file failed");
     }
     tracing::info!(name = %config.name, "datanode stopped");
     Ok(result?)
+}
+
+/// Binds the metrics listener and builds what it serves: the gRPC metrics and the data file's.
+async fn observability(
+    addr: &str,
+    file: &DataFile,
+) -> Result<(Arc<GrpcMetrics>, MetricsListener), Error> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let grpc = GrpcMetrics::register(
+        &mut registry,
+        &[
+            crate::STORE_SERVICE,
+            crate::DATANODE_SERVICE,
+            crate::metrics::HEALTH_SERVICE,
+            crate::metrics::REFLECTION_SERVICES[0],
+            crate::metrics::REFLECTION_SERVICES[1],
+        ],
+    );
+    file.metrics().register(&mut registry);
+    let listener = MetricsListener::bind(addr, registry, None)
+        .await
+        .map_err(Error::Metrics)?;
+    Ok((grpc, listener))
 }
 
 /// The address to announce when `--advertise` is not given: the listener's own, or the host name

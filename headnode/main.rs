@@ -46,6 +46,10 @@ struct Args {
     /// Stores at a time (probes use one more).
     #[arg(long, env = "REGISTRO_DATANODE_CONNECTIONS", default_value_t = DEFAULT_DATANODE_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     datanode_connections: usize,
+    /// Serve Prometheus metrics (GET /metrics) and the status page (GET /) over HTTP on this
+    /// address, e.g. 0.0.0.0:9500 [default: off].
+    #[arg(long, env = "REGISTRO_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     common: registro::server::CommonArgs,
 }
@@ -80,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         shutdown_grace: args.common.shutdown_grace,
         tls,
         health_listener,
+        metrics_listen: args.metrics_listen.filter(|a| !a.trim().is_empty()),
     };
     let grace = config.shutdown_grace;
     registro::server::run_until_signal(

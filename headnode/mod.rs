@@ -9,12 +9,15 @@
 //! - [`store`]: forwarding with failover, idempotency, the registro log, List merging.
 //! - [`batch`]: the Stores bound for one datanode, sent together.
 //! - [`heartbeat`]: Register and Status.
+//! - [`metrics`]: the pool's metrics; [`status_page`]: the HTML page on the metrics port.
 
 pub mod batch;
 pub mod heartbeat;
+pub mod metrics;
 pub mod placement;
 pub mod pool;
 pub mod probe;
+pub mod status_page;
 pub mod store;
 
 use std::future::Future;
@@ -25,6 +28,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::logfile::LogFile;
+use crate::metrics::{GrpcLayer, GrpcMetrics, MetricsListener};
 use crate::pb::heartbeat_server::HeartbeatServer;
 use crate::server::{self, Health};
 use crate::tls::Tls;
@@ -57,6 +61,8 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// `--health-listen`: a plaintext listener that serves only the health protocol.
     pub health_listener: Option<Arc<std::net::TcpListener>>,
+    /// Where to serve `/metrics` and the status page (`--metrics-listen`); none without it.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for Config {
@@ -76,6 +82,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(5),
             tls: None,
             health_listener: None,
+            metrics_listen: None,
         }
     }
 }
@@ -101,6 +108,8 @@ pub enum Error {
     HealthListener(std::io::Error),
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Metrics(std::io::Error),
 }
 
 fn open_log(path: &PathBuf) -> Result<LogFile, Error> {
@@ -158,10 +167,23 @@ pub async fn serve(
     if let Some(tls) = &config.tls {
         tls.log_identity(crate::tls::Role::Headnode);
     }
+    let (grpc_metrics, metrics_listener) = match &config.metrics_listen {
+        Some(addr) => {
+            let (grpc, listener) = observability(addr, &pool, &listener).await?;
+            (Some(grpc), Some(listener))
+        }
+        None => (None, None),
+    };
     let health_only = health_service.clone();
     let tracker = crate::limits::Tracker::new(config.limits);
-    let router = server::router(&tracker, health_service, store, config.tls.as_ref())?
-        .add_service(HeartbeatServer::new(heartbeat));
+    let router = server::router(
+        &tracker,
+        health_service,
+        store,
+        config.tls.as_ref(),
+        GrpcLayer::new(grpc_metrics),
+    )?
+    .add_service(HeartbeatServer::new(heartbeat));
 
     // The probes and the readiness follower stop before the shutdown sequence turns health
     // NOT_SERVING, so nothing can turn it back to SERVING while the headnode drains.
@@ -176,11 +198,13 @@ pub async fn serve(
         )
     });
     followers.spawn(|stop| follow_readiness(pool.clone(), health.clone(), stop));
-    // The plaintext health port outlives the drain, so probes see NOT_SERVING rather than a
-    // refused connection while requests finish.
+    // The plaintext health port and the metrics port outlive the drain, so probes see
+    // NOT_SERVING rather than a refused connection while requests finish.
     let health_port =
         server::HealthPort::start(config.health_listener.as_ref(), config.limits, health_only)
             .map_err(Error::HealthListener)?;
+    let (metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
+    let metrics_task = metrics_listener.map(|l| tokio::spawn(l.serve(metrics_stopped)));
 
     if let Ok(local) = listener.local_addr() {
         tracing::info!("listening on {local}");
@@ -197,6 +221,10 @@ pub async fn serve(
     // Already done unless the server failed before a shutdown.
     followers.stop().await;
     health_port.stop().await;
+    metrics_stop.send_replace(true);
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     for log in [&heartbeat_log, &registro_log] {
         if let Err(e) = log.sync().await {
             tracing::error!(path = %log.path().display(), error = %e, "final sync of a log failed");
@@ -204,6 +232,35 @@ pub async fn serve(
     }
     tracing::info!("headnode stopped");
     Ok(result?)
+}
+
+/// Binds the metrics listener and builds what it serves: the gRPC metrics, the pool's, and the
+/// status page.
+async fn observability(
+    addr: &str,
+    pool: &Arc<Pool>,
+    grpc_listener: &TcpListener,
+) -> Result<(Arc<GrpcMetrics>, MetricsListener), Error> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let grpc = GrpcMetrics::register(
+        &mut registry,
+        &[
+            crate::STORE_SERVICE,
+            crate::HEARTBEAT_SERVICE,
+            crate::metrics::HEALTH_SERVICE,
+            crate::metrics::REFLECTION_SERVICES[0],
+            crate::metrics::REFLECTION_SERVICES[1],
+        ],
+    );
+    metrics::register(&mut registry, pool.clone());
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let page = status_page::StatusPage::new(pool.clone(), grpc.clone(), grpc_addr);
+    let listener = MetricsListener::bind(addr, registry, Some(Box::new(move || page.render())))
+        .await
+        .map_err(Error::Metrics)?;
+    Ok((grpc, listener))
 }
 
 /// Keeps `registro.v1.Store` SERVING exactly while at least one datanode is, until `stop`.

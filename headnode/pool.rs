@@ -1,7 +1,7 @@
 //! The pool: every datanode the headnode knows, its health as the last probe or forward saw it,
 //! and the one routing decision ([`Pool::choose`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -69,7 +69,24 @@ pub struct Observation {
     pub latency: Option<Duration>,
     /// The last error, when unreachable.
     pub detail: String,
+    /// When its liveness last changed (the status page's "last change").
+    pub last_change: Option<DateTime<Utc>>,
 }
+
+/// One change of a datanode's liveness, as the status page lists them.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub at: DateTime<Utc>,
+    pub datanode: String,
+    pub address: String,
+    pub from: Liveness,
+    pub to: Liveness,
+    /// The error that made it unreachable, or the probe latency that found it answering.
+    pub detail: String,
+}
+
+/// How many recent transitions the pool keeps for the status page.
+pub const RECENT_TRANSITIONS: usize = 20;
 
 /// One datanode in the pool.
 pub struct Datanode {
@@ -90,6 +107,8 @@ pub struct Datanode {
     observation: Mutex<Observation>,
     /// Messages stored on it through this headnode.
     routed: AtomicU64,
+    /// Transitions into SERVING, NOT_SERVING and UNREACHABLE (see [`Datanode::transitions`]).
+    transitions: [AtomicU64; 3],
 }
 
 impl Datanode {
@@ -130,8 +149,10 @@ impl Datanode {
                 last_checked: None,
                 latency: None,
                 detail: String::new(),
+                last_change: None,
             }),
             routed: AtomicU64::new(0),
+            transitions: Default::default(),
         })
     }
 
@@ -172,6 +193,27 @@ impl Datanode {
         self.routed.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// How many times it has turned SERVING, NOT_SERVING and UNREACHABLE, in that order.
+    pub fn transitions(&self) -> [(Liveness, u64); 3] {
+        let count = |i: usize| self.transitions[i].load(Ordering::Relaxed);
+        [
+            (Liveness::Serving, count(0)),
+            (Liveness::NotServing, count(1)),
+            (Liveness::Unreachable, count(2)),
+        ]
+    }
+
+    fn count_transition(&self, to: Liveness) {
+        let i = match to {
+            Liveness::Serving => 0,
+            Liveness::NotServing => 1,
+            Liveness::Unreachable => 2,
+            // Nothing turns UNKNOWN: it is only where a datanode starts.
+            Liveness::Unknown => return,
+        };
+        self.transitions[i].fetch_add(1, Ordering::Relaxed);
+    }
+
     fn is_serving(&self) -> bool {
         self.lock().liveness == Liveness::Serving
     }
@@ -203,6 +245,8 @@ pub struct Pool {
     dialing: Dialing,
     /// How many members are SERVING; the headnode's readiness follows it.
     serving: watch::Sender<usize>,
+    /// The last [`RECENT_TRANSITIONS`] liveness changes, oldest first.
+    recent: Mutex<VecDeque<Transition>>,
 }
 
 /// How the headnode connects to every datanode.
@@ -239,6 +283,7 @@ impl Pool {
                 tls,
             },
             serving: watch::Sender::new(0),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_TRANSITIONS)),
         }
     }
 
@@ -316,8 +361,13 @@ impl Pool {
 
     /// Records a probe's result on `node`.
     pub fn record_probe(&self, node: &Datanode, result: &ProbeResult) {
-        {
-            let mut o = node.lock();
+        let detail = match result {
+            ProbeResult::Serving(latency) | ProbeResult::NotServing(latency) => {
+                format!("probe answered in {:.2}ms", latency.as_secs_f64() * 1000.0)
+            }
+            ProbeResult::Unreachable(error) => error.clone(),
+        };
+        self.update(node, detail, |o| {
             o.last_checked = Some(Utc::now());
             match result {
                 ProbeResult::Serving(latency) => {
@@ -335,28 +385,60 @@ impl Pool {
                     o.detail = error.clone();
                 }
             }
-        }
-        self.publish_serving();
+        });
     }
 
     /// Takes `node` out of routing at once because a forward to it failed; the next probe that
     /// finds it SERVING puts it back.
     pub fn mark_down(&self, node: &Datanode, error: &str) {
-        {
-            let mut o = node.lock();
+        self.update(node, error.to_string(), |o| {
             o.liveness = Liveness::Unreachable;
             o.detail = error.to_string();
-        }
-        self.publish_serving();
+        });
     }
 
     /// Takes `node` out of routing at once because it said it is not serving (its health Watch
     /// stream); the next probe that finds it SERVING puts it back.
     pub fn mark_not_serving(&self, node: &Datanode) {
-        {
-            let mut o = node.lock();
+        self.update(node, "its health watch said NOT_SERVING".to_string(), |o| {
             o.liveness = Liveness::NotServing;
             o.detail.clear();
+        });
+    }
+
+    /// The last [`RECENT_TRANSITIONS`] liveness changes of any member, newest first.
+    pub fn recent_transitions(&self) -> Vec<Transition> {
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.iter().rev().cloned().collect()
+    }
+
+    /// Applies `change` to `node`'s observation; a change of liveness is counted and kept among
+    /// the recent transitions with `detail` (why). Then republishes the number of SERVING members.
+    fn update(&self, node: &Datanode, detail: String, change: impl FnOnce(&mut Observation)) {
+        let transition = {
+            let mut o = node.lock();
+            let before = o.liveness;
+            change(&mut o);
+            (o.liveness != before).then(|| {
+                let at = Utc::now();
+                o.last_change = Some(at);
+                Transition {
+                    at,
+                    datanode: node.name.clone(),
+                    address: node.address.clone(),
+                    from: before,
+                    to: o.liveness,
+                    detail,
+                }
+            })
+        };
+        if let Some(transition) = transition {
+            node.count_transition(transition.to);
+            let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            if recent.len() == RECENT_TRANSITIONS {
+                recent.pop_front();
+            }
+            recent.push_back(transition);
         }
         self.publish_serving();
     }
@@ -460,5 +542,39 @@ mod tests {
         );
         assert_eq!(p.get("datanode1").unwrap().address, "127.0.0.1:7001");
         assert!(p.register("bad", "no-port").is_err());
+    }
+
+    /// Each change of liveness is counted by where it went and kept among the recent
+    /// transitions (the last RECENT_TRANSITIONS, newest first); a repeat of the same status is
+    /// not a transition.
+    #[tokio::test]
+    async fn transitions_are_counted_and_the_last_ones_kept() {
+        let p = pool();
+        p.add_static("127.0.0.1:1").unwrap();
+        let a = p.get("127.0.0.1:1").unwrap();
+        let serving = ProbeResult::Serving(Duration::from_micros(500));
+        p.record_probe(&a, &serving);
+        p.record_probe(&a, &serving);
+        assert!(a.observation().last_change.is_some());
+        for i in 0..15 {
+            p.mark_down(&a, &format!("refused {i}"));
+            p.record_probe(&a, &serving);
+        }
+        p.mark_not_serving(&a);
+        let counts = a.transitions();
+        assert_eq!(counts[0], (Liveness::Serving, 16));
+        assert_eq!(counts[1], (Liveness::NotServing, 1));
+        assert_eq!(counts[2], (Liveness::Unreachable, 15));
+        let recent = p.recent_transitions();
+        assert_eq!(recent.len(), RECENT_TRANSITIONS);
+        assert_eq!(
+            (recent[0].from, recent[0].to),
+            (Liveness::Serving, Liveness::NotServing)
+        );
+        assert_eq!(recent[1].detail, "probe answered in 0.50ms");
+        assert_eq!(
+            (recent[2].to, recent[2].detail.as_str()),
+            (Liveness::Unreachable, "refused 14")
+        );
     }
 }

@@ -19,12 +19,14 @@ use tower::layer::util::{Identity, Stack};
 
 use crate::auth::AuthLayer;
 use crate::limits::{InFlightLayer, LimitArgs, Limits, Tracker};
+use crate::metrics::GrpcLayer;
 use crate::pb;
 use crate::tls::Tls;
 
 /// A server's routes behind the [`crate::auth`] layer.
-pub type Router =
-    tonic::transport::server::Router<Stack<AuthLayer, Stack<InFlightLayer, Identity>>>;
+pub type Router = tonic::transport::server::Router<
+    Stack<AuthLayer, Stack<InFlightLayer, Stack<GrpcLayer, Identity>>>,
+>;
 
 /// A server builder with the HTTP/2 settings of `limits` (see [`crate::limits`]).
 fn builder(limits: Limits) -> Server {
@@ -146,9 +148,9 @@ pub fn reflection() -> Result<
 
 /// The router every registro server starts from: the transport limits of `tracker`, the health
 /// service, reflection (v1 and v1alpha) and `registro.v1.Store` with the transport's message
-/// limits, behind the [`crate::auth`] layer. With `tls`, every connection needs a client
-/// certificate signed by the cluster's CA; without, it is plaintext (and says so in the log). The
-/// headnode adds Heartbeat.
+/// limits, every call recorded by `metrics`, behind the [`crate::auth`] layer. With `tls`, every
+/// connection needs a client certificate signed by the cluster's CA; without, it is plaintext
+/// (and says so in the log). The headnode adds Heartbeat.
 pub fn router<S>(
     tracker: &Tracker,
     health_service: tonic_health::pb::health_server::HealthServer<
@@ -156,6 +158,7 @@ pub fn router<S>(
     >,
     store: S,
     tls: Option<&Tls>,
+    metrics: GrpcLayer,
 ) -> Result<Router, RouterError>
 where
     S: pb::store_server::Store,
@@ -166,7 +169,10 @@ where
         Some(tls) => builder = builder.tls_config(tls.server_config())?,
         None => crate::tls::warn_plaintext(),
     }
+    // Outermost first: every call is recorded (shed and refused ones too), then the limits,
+    // then who may call what.
     Ok(builder
+        .layer(metrics)
         .layer(tracker.layer())
         .layer(AuthLayer::new(tls.is_some()))
         .add_service(health_service)
