@@ -200,11 +200,15 @@ pub async fn serve(
     followers.spawn(|stop| follow_readiness(pool.clone(), health.clone(), stop));
     // The plaintext health port and the metrics port outlive the drain, so probes see
     // NOT_SERVING rather than a refused connection while requests finish.
-    let health_port =
-        server::HealthPort::start(config.health_listener.as_ref(), config.limits, health_only)
-            .map_err(Error::HealthListener)?;
-    let (metrics_stop, metrics_stopped) = tokio::sync::watch::channel(false);
-    let metrics_task = metrics_listener.map(|l| tokio::spawn(l.serve(metrics_stopped)));
+    let mut ports = server::Followers::new();
+    if let Some(listener) = &config.health_listener {
+        let listener = listener.try_clone().map_err(Error::HealthListener)?;
+        let limits = config.limits;
+        ports.spawn(|stop| server::serve_health_only(listener, limits, health_only, stop));
+    }
+    if let Some(metrics) = metrics_listener {
+        ports.spawn(|stop| metrics.serve(stop));
+    }
 
     if let Ok(local) = listener.local_addr() {
         tracing::info!("listening on {local}");
@@ -220,11 +224,7 @@ pub async fn serve(
     .await;
     // Already done unless the server failed before a shutdown.
     followers.stop().await;
-    health_port.stop().await;
-    metrics_stop.send_replace(true);
-    if let Some(task) = metrics_task {
-        let _ = task.await;
-    }
+    ports.stop().await;
     for log in [&heartbeat_log, &registro_log] {
         if let Err(e) = log.sync().await {
             tracing::error!(path = %log.path().display(), error = %e, "final sync of a log failed");

@@ -194,7 +194,7 @@ pub async fn serve_health_only(
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
-    stop: impl Future<Output = ()>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let listener = match listener
         .set_nonblocking(true)
@@ -226,7 +226,7 @@ pub async fn serve_health_only(
             }
             return;
         }
-        () = stop => {}
+        _ = stop.wait_for(|stopped| *stopped) => {}
     }
     let _ = stop_tx.send(());
     // Probes are single short calls; a Watch stream ended when the statuses were cleared.
@@ -371,10 +371,12 @@ async fn termination_signal() {
     }
 }
 
-/// The tasks that run beside a server and set its health (readiness, disk health) or announce
-/// it (registration). They stop *before* health turns NOT_SERVING: a role hands
-/// [`Followers::stop_after`] its shutdown signal as [`serve`]'s `shutdown` future, so a draining
-/// server never reports SERVING again.
+/// Tasks that run beside a server until told to stop. A role keeps two sets: the ones that set
+/// its health (readiness, disk health) or announce it (registration) stop *before* health turns
+/// NOT_SERVING (the role hands [`Followers::stop_after`] its shutdown signal as [`serve`]'s
+/// `shutdown` future, so a draining server never reports SERVING again); the side ports
+/// (`--health-listen`, `--metrics-listen`) stop after the drain, so probes read NOT_SERVING rather
+/// than a refused connection while requests finish.
 pub struct Followers {
     stop: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
@@ -413,52 +415,6 @@ impl Followers {
     pub async fn stop_after(&mut self, shutdown: impl Future<Output = ()>) {
         shutdown.await;
         self.stop().await;
-    }
-}
-
-/// The `--health-listen` server, when there is one: started beside the main server, stopped
-/// after it (so it answers NOT_SERVING during the drain).
-pub struct HealthPort {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl HealthPort {
-    /// Starts serving `health_service` alone on a clone of `listener`, if given.
-    pub fn start(
-        listener: Option<&std::sync::Arc<std::net::TcpListener>>,
-        limits: Limits,
-        health_service: tonic_health::pb::health_server::HealthServer<
-            impl tonic_health::pb::health_server::Health,
-        >,
-    ) -> std::io::Result<Self> {
-        let Some(listener) = listener else {
-            return Ok(Self {
-                stop: None,
-                task: None,
-            });
-        };
-        let listener = listener.try_clone()?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve_health_only(listener, limits, health_service, async {
-            let _ = stopped.await;
-        }));
-        Ok(Self {
-            stop: Some(stop),
-            task: Some(task),
-        })
-    }
-
-    /// Stops the server and waits until it has.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(task) = self.task.take()
-            && let Err(e) = task.await
-        {
-            tracing::error!(error = %e, "the --health-listen server failed");
-        }
     }
 }
 

@@ -107,14 +107,6 @@ struct ProcCluster {
     headnode: Proc,
 }
 
-fn spawn_datanode(dir: &Path, i: usize, listen: &str, extra: &[&str]) -> Proc {
-    let name = format!("datanode{i}");
-    let data = format!("d{i}");
-    let mut args = vec!["--listen", listen, "--name", &name, "--data-dir", &data];
-    args.extend_from_slice(extra);
-    Proc::spawn("datanode", &args, dir, &format!("{name}.err"))
-}
-
 impl ProcCluster {
     fn start(headnode_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
