@@ -639,6 +639,9 @@ async fn a_full_disk_is_retryable_never_torn_and_recovers() {
 /// turned back to SERVING.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_datanode_never_reports_serving_again() {
+    if !with_mount_privileges("a_draining_datanode_never_reports_serving_again") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("small");
     let _tmpfs = Tmpfs::mount(&mnt, "16m");
