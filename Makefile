@@ -6,15 +6,18 @@ VENV := $(TOOLS)/venv
 GRPCURL := $(VENV)/bin/grpcurl
 export GRPCURL
 
-.PHONY: build test soak demo fmt lint doc tools clean static images up down logs ps test-compose
+.PHONY: build test soak demo fmt lint doc tools system-tools clean static images up down logs ps test-compose certs
 
 # Containers: Compose v2 (`docker compose`) when present, else Compose v1 (`docker-compose`).
 COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
 COMPOSE_PROJECT ?= registro
-DC = $(COMPOSE) -p $(COMPOSE_PROJECT) -f compose/docker-compose.yml
-# How many datanodes `make up` runs: datanode1-3 plus DATANODES-3 of the scalable `datanode`.
+# Datanodes past the third are services of their own in a generated second file (each needs a
+# certificate for its own name); down, logs and ps include it when it is there.
+COMPOSE_EXTRA := target/compose-extra.yml
+DC = $(COMPOSE) -p $(COMPOSE_PROJECT) -f compose/docker-compose.yml $(if $(wildcard $(COMPOSE_EXTRA)),-f $(COMPOSE_EXTRA))
+DC_UP = $(COMPOSE) -p $(COMPOSE_PROJECT) -f compose/docker-compose.yml $(if $(filter-out 0 1 2 3,$(DATANODES)),-f $(COMPOSE_EXTRA))
+# How many datanodes `make up` runs (and `make certs` makes certificates for): datanode1…N.
 DATANODES ?= 3
-EXTRA_DATANODES = $(shell n=$$(( $(DATANODES) - 3 )); [ $$n -gt 0 ] && echo $$n || echo 0)
 TARGET := x86_64-unknown-linux-gnu
 STATIC_DIR := target/$(TARGET)/release
 IMAGE_DIR := target/image
@@ -25,8 +28,8 @@ export REGISTRO_GID := $(shell id -g)
 build:
 	$(CARGO) build --release --locked
 
-## test: every test (unit, integration, process-level, grpcurl interop)
-test: tools
+## test: every test (unit, integration, process-level, grpcurl interop, Prometheus, Chromium)
+test: tools system-tools
 	$(CARGO) test --locked --all-targets
 
 ## soak: a minute of full load through the headnode; memory must stay flat
@@ -58,6 +61,29 @@ $(GRPCURL): requirements-test.txt
 	$(GRPCURL) --version
 	@touch $(GRPCURL)
 
+## certs: the cluster's CA and certificates in certs/ (git-ignored; existing ones are kept)
+CERTS := certs
+certs: static
+	$(STATIC_DIR)/client tls ca --dir $(CERTS)
+	$(STATIC_DIR)/client tls cert --dir $(CERTS) --role headnode --name headnode --host localhost --host 127.0.0.1
+	for n in $$(seq 1 $$(( $(DATANODES) > 3 ? $(DATANODES) : 3 ))); do \
+	  $(STATIC_DIR)/client tls cert --dir $(CERTS) --role datanode --name datanode$$n --host localhost --host 127.0.0.1 || exit 1; \
+	done
+	$(STATIC_DIR)/client tls cert --dir $(CERTS) --role client --name client
+
+## system-tools: Prometheus and Chromium from Debian for tests/observability.rs, installed with
+## apt-get when missing and make runs as root; otherwise it says why and those two tests skip.
+SYSTEM_TOOLS := prometheus chromium
+system-tools:
+	@missing=""; for p in $(SYSTEM_TOOLS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "make system-tools: not installing$$missing (needs root and apt-get); the tests that use them will skip" >&2; exit 0; \
+	fi; \
+	echo "make system-tools: apt-get install$$missing"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends$$missing >/dev/null \
+	  || echo "make system-tools: apt-get could not install$$missing; the tests that use them will skip" >&2
+
 ## static: the binaries, statically linked, for FROM-scratch images
 static:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release --locked --target $(TARGET)
@@ -74,21 +100,25 @@ images: static
 	done
 	@docker images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep '^registro-'
 
-## up: the cluster in containers, healthy, with the client run once
-up: images
+## up: the cluster in containers under mutual TLS (certificates from certs/), healthy, with the client run once
+up: images certs
 	$(DC) down --remove-orphans >/dev/null 2>&1 || true
-	mkdir -p data/headnode data/datanode1 data/datanode2 data/datanode3 data/more data/client
-	$(DC) up -d --scale datanode=$(EXTRA_DATANODES) headnode datanode1 datanode2 datanode3 datanode
-	COMPOSE="$(DC)" scripts/compose-wait.sh 90
-	$(DC) run --rm client
+	if [ $(DATANODES) -gt 3 ]; then scripts/compose-extra.sh $(DATANODES) >$(COMPOSE_EXTRA); else rm -f $(COMPOSE_EXTRA); fi
+	mkdir -p data/headnode data/client $$(for n in $$(seq 1 $$(( $(DATANODES) > 3 ? $(DATANODES) : 3 ))); do echo data/datanode$$n; done)
+	$(DC_UP) up -d
+	COMPOSE="$(DC_UP)" scripts/compose-wait.sh 90
+	$(DC_UP) run --rm client
 	@echo
-	@echo "registro is up: headnode on localhost:$${REGISTRO_PORT:-5000} with $(DATANODES) datanodes."
-	@echo "  grpcurl -plaintext localhost:$${REGISTRO_PORT:-5000} list"
+	@echo "registro is up under mutual TLS: headnode on localhost:$${REGISTRO_PORT:-5000} with $(DATANODES) datanodes."
+	@echo "  grpcurl -cacert certs/ca.pem -cert certs/client.pem -key certs/client-key.pem -servername headnode localhost:$${REGISTRO_PORT:-5000} list"
+	@echo "  export REGISTRO_TLS_CA=certs/ca.pem REGISTRO_TLS_CERT=certs/client.pem REGISTRO_TLS_KEY=certs/client-key.pem"
+	@echo "  status page:  http://localhost:$${REGISTRO_METRICS_PORT:-9500}/"
+	@echo "  metrics:      http://localhost:$${REGISTRO_METRICS_PORT:-9500}/metrics (headnode), http://localhost:9601/metrics … :9603 (datanode1-3)"
 	@echo "  target/$(TARGET)/release/client status"
 	@echo "  make logs     # follow every container's log"
 	@echo "  make ps       # containers and their health"
 	@echo "  make down     # stop and remove the containers (data/ stays)"
-	@echo "Files: data/headnode/{registro,heartbeat}.log, data/datanode*/messages.jsonl, data/client/client.log"
+	@echo "Files: data/headnode/{registro,heartbeat}.log, data/datanode*/messages.jsonl, data/client/client.log; certificates in certs/"
 
 down:
 	$(DC) down --remove-orphans
@@ -106,6 +136,11 @@ test-compose: tools
 clean:
 	$(CARGO) clean
 	rm -rf $(TOOLS)
+
+## metrics-overhead: what recording metrics costs the headnode (callgrind instructions per Store, and alternating client bench rounds)
+.PHONY: metrics-overhead
+metrics-overhead: build
+	scripts/metrics-overhead.sh
 
 ## bench: Store throughput and latency (direct, headnode, nginx) and failure detection; writes BENCHMARKS.md and docs/bench.svg
 .PHONY: bench

@@ -27,7 +27,7 @@ pub async fn run(addr: &str, timeout: Duration, args: Args) -> i32 {
     let channel = match crate::connect(addr, timeout).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", crate::describe(&e));
             return CANNOT_CONNECT;
         }
     };
@@ -46,10 +46,9 @@ pub async fn run(addr: &str, timeout: Duration, args: Args) -> i32 {
         }
         Err(status) => {
             eprintln!(
-                "error: health check of {:?} failed: {:?}: {}",
+                "error: health check of {:?} failed: {}",
                 args.service,
-                status.code(),
-                status.message()
+                crate::describe_status(&status)
             );
             RPC_FAILED
         }

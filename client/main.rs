@@ -5,6 +5,7 @@ mod health;
 mod list;
 mod send;
 mod status;
+mod tls;
 
 use std::time::Duration;
 
@@ -17,21 +18,24 @@ use tonic::transport::Channel;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The server to talk to: the headnode, or a datanode directly. Several headnodes,
-    /// comma-separated: send, list and status go to the first and fail over to the next when one
-    /// is unavailable (send keeps each message's request id); bench spreads its connections over
-    /// all; health checks the first.
+    /// The server to talk to: the headnode, or a datanode directly. Without a scheme, https://
+    /// when --tls-* are given, http:// otherwise. Several headnodes, comma-separated: send, list
+    /// and status go to the first and fail over to the next when one is unavailable (send keeps
+    /// each message's request id); bench spreads its connections over all; health checks the
+    /// first.
     #[arg(
         long,
         global = true,
         env = "REGISTRO_ADDR",
         value_delimiter = ',',
-        default_value = "http://127.0.0.1:5000"
+        default_value = "127.0.0.1:5000"
     )]
     addr: Vec<String>,
     /// How long to wait for a connection and for each reply.
     #[arg(long, global = true, env = "REGISTRO_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
+    #[command(flatten)]
+    tls: registro::tls::TlsArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -48,12 +52,21 @@ enum Command {
     Health(health::Args),
     /// Load Store with concurrent requests and report throughput, errors and latency percentiles.
     Bench(bench::Args),
+    /// Make the cluster's certificates for mutual TLS: a CA, then one certificate per process.
+    #[command(subcommand)]
+    Tls(tls::Command),
+}
+
+/// The TLS material of this run (`--tls-*`), loaded once at start.
+static TLS: std::sync::OnceLock<Option<registro::tls::Tls>> = std::sync::OnceLock::new();
+
+fn tls() -> Option<&'static registro::tls::Tls> {
+    TLS.get().and_then(Option::as_ref)
 }
 
 /// Connects to `addr` now, so a dead server is one clear error instead of one per request.
 async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
-    registro::config::endpoint(addr, timeout)
-        .with_context(|| format!("invalid address {addr:?}"))?
+    registro::config::dial(addr, timeout, tls())?
         .timeout(timeout)
         .connect()
         .await
@@ -62,8 +75,7 @@ async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
 
 /// A channel to `addr` that connects on first use (and again after a failure).
 fn lazy(addr: &str, timeout: Duration) -> anyhow::Result<Channel> {
-    Ok(registro::config::endpoint(addr, timeout)
-        .with_context(|| format!("invalid address {addr:?}"))?
+    Ok(registro::config::dial(addr, timeout, tls())?
         .timeout(timeout)
         .connect_lazy())
 }
@@ -85,7 +97,7 @@ where
         let channel = match connect(addr, timeout).await {
             Ok(c) => c,
             Err(e) => {
-                failures.push(format!("{e:#}"));
+                failures.push(describe(&e));
                 continue;
             }
         };
@@ -97,17 +109,39 @@ where
             {
                 if addrs.len() > 1 {
                     eprintln!(
-                        "{addr}: {:?}: {}; trying the next address",
-                        status.code(),
-                        registro::one_line(status.message())
+                        "{addr}: {}; trying the next address",
+                        describe_status(&status)
                     );
                 }
-                failures.push(format!("{addr}: {status}"));
+                failures.push(format!("{addr}: {}", describe_status(&status)));
             }
             Err(status) => return Err(status.into()),
         }
     }
     anyhow::bail!("{}", failures.join("; "))
+}
+
+/// The one line printed for a failed command: the usual TLS mistakes in a sentence
+/// ([`registro::tls::explain`]), anything else as the whole error chain.
+fn describe(error: &anyhow::Error) -> String {
+    match registro::tls::explain(error.as_ref(), tls().is_some()) {
+        // A Status's own rendering is a debugging dump; the context (which address) is not.
+        Some(sentence) if error.downcast_ref::<tonic::Status>().is_some() => sentence,
+        Some(sentence) => format!("{sentence} ({})", registro::one_line(&format!("{error}"))),
+        None => registro::one_line(&format!("{error:#}")),
+    }
+}
+
+/// The same for one failed call.
+fn describe_status(status: &tonic::Status) -> String {
+    match registro::tls::explain(status, tls().is_some()) {
+        Some(sentence) => sentence,
+        None => format!(
+            "{:?}: {}",
+            status.code(),
+            registro::one_line(status.message())
+        ),
+    }
 }
 
 #[tokio::main]
@@ -120,27 +154,41 @@ async fn main() {
         std::process::exit(1);
     }
     let code = match args.command {
-        // A health check is of one server: the first address.
-        Command::Health(h) => {
-            let first = args.addr.first().map_or("", String::as_str);
-            health::run(first, args.timeout, h).await
-        }
-        command => {
-            let result = match command {
-                Command::Send(s) => send::run(&args.addr, args.timeout, s).await,
-                Command::Status => status::run(&args.addr, args.timeout).await,
-                Command::List(l) => list::run(&args.addr, args.timeout, l).await,
-                Command::Bench(b) => bench::run(&args.addr, args.timeout, b).await,
-                Command::Health(_) => unreachable!("handled above"),
-            };
-            match result {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    1
-                }
+        Command::Tls(t) => tls::run(t).unwrap_or_else(|e| {
+            eprintln!("error: {e:#}");
+            1
+        }),
+        command => match args.tls.load() {
+            Err(e) => {
+                eprintln!("error: {e}");
+                1
             }
-        }
+            Ok(tls) => {
+                let _ = TLS.set(tls);
+                run(&args.addr, args.timeout, command).await
+            }
+        },
     };
     std::process::exit(code);
+}
+
+async fn run(addr: &[String], timeout: Duration, command: Command) -> i32 {
+    let result = match command {
+        // A health check is of one server: the first address.
+        Command::Health(h) => {
+            return health::run(addr.first().map_or("", String::as_str), timeout, h).await;
+        }
+        Command::Send(s) => send::run(addr, timeout, s).await,
+        Command::Status => status::run(addr, timeout).await,
+        Command::List(l) => list::run(addr, timeout, l).await,
+        Command::Bench(b) => bench::run(addr, timeout, b).await,
+        Command::Tls(_) => unreachable!("handled in main"),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", describe(&e));
+            1
+        }
+    }
 }

@@ -177,7 +177,7 @@ pub async fn run(addrs: &[String], timeout: Duration, args: Args) -> anyhow::Res
             }
             Err(status) => {
                 let message = one_line(status.message());
-                eprintln!("error: {:?}: {message}", status.code());
+                eprintln!("error: {}", crate::describe_status(&status));
                 log.append(format!(
                     "{} ERROR {:?} {message}",
                     registro::time::now(),

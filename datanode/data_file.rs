@@ -35,6 +35,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
+use super::metrics::DataFileMetrics;
+
 /// The data file's name inside `--data-dir`.
 pub const FILE_NAME: &str = "messages.jsonl";
 
@@ -168,6 +170,8 @@ pub struct DataFile {
     /// Length of the file prefix that holds only complete, acknowledged records.
     durable_len: Arc<AtomicU64>,
     healthy: watch::Receiver<bool>,
+    /// What the writer records per write (stored, fsync time, batch size, file length).
+    metrics: DataFileMetrics,
 }
 
 impl DataFile {
@@ -227,6 +231,8 @@ impl DataFile {
         probe_write(dir).map_err(dir_err)?;
 
         let durable_len = Arc::new(AtomicU64::new(good_len));
+        let metrics = DataFileMetrics::default();
+        metrics.file_length(good_len);
         let (healthy_tx, healthy) = watch::channel(true);
         let (tx, rx) = std_mpsc::channel();
         let writer = Writer {
@@ -239,6 +245,7 @@ impl DataFile {
             healthy: healthy_tx,
             last_stamp: last_stamp_of(&path, good_len),
             buf: Vec::new(),
+            metrics: metrics.clone(),
         };
         std::thread::Builder::new()
             .name("data file writer".into())
@@ -250,9 +257,15 @@ impl DataFile {
                 path,
                 durable_len,
                 healthy,
+                metrics,
             },
             loaded,
         ))
+    }
+
+    /// The file's metrics, for the datanode's registry.
+    pub fn metrics(&self) -> &DataFileMetrics {
+        &self.metrics
     }
 
     /// Where the file is.
@@ -530,6 +543,8 @@ struct Writer<S: Storage> {
     last_stamp: Option<DateTime<Utc>>,
     /// Reused write buffer.
     buf: Vec<u8>,
+    /// The same series as [`DataFile::metrics`]: recorded here, read by the registry.
+    metrics: DataFileMetrics,
 }
 
 impl<S: Storage> Drop for Writer<S> {
@@ -637,13 +652,15 @@ impl<S: Storage> Writer<S> {
             .file
             .write_all(&self.buf)
             .and_then(|()| match self.fsync {
-                Fsync::Always => self.file.sync_data(),
+                Fsync::Always => self.metrics.time_fsync(|| self.file.sync_data()),
                 Fsync::Never => Ok(()),
             });
         match result {
             Ok(()) => {
                 self.len += self.buf.len() as u64;
                 self.durable_len.store(self.len, Ordering::Release);
+                let written: usize = answers.iter().map(|(r, _)| r.len()).sum();
+                self.metrics.written(written, self.len);
                 self.healthy
                     .send_if_modified(|healthy| !std::mem::replace(healthy, true));
                 for (records, done) in answers {

@@ -34,9 +34,13 @@ struct Args {
     /// List streams open at once; one more is answered RESOURCE_EXHAUSTED.
     #[arg(long, env = "REGISTRO_MAX_LISTS", default_value_t = datanode::store::DEFAULT_MAX_LISTS)]
     max_lists: usize,
-    /// A List stream whose reader takes no message for this long ends with ABORTED.
+    /// A List stream whose reader takes no message for this long ends with DEADLINE_EXCEEDED.
     #[arg(long, env = "REGISTRO_LIST_IDLE_TIMEOUT", default_value = "30s", value_parser = registro::config::parse_duration)]
     list_idle_timeout: std::time::Duration,
+    /// Serve Prometheus metrics (GET /metrics) over HTTP on this address, e.g. 0.0.0.0:9600
+    /// [default: off].
+    #[arg(long, env = "REGISTRO_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     common: registro::server::CommonArgs,
 }
@@ -50,7 +54,10 @@ async fn main() -> anyhow::Result<()> {
         _ => registro::config::host_name()
             .context("no --name given and the host name cannot be read")?,
     };
+    let tls = args.common.tls.load()?;
     let listener = registro::server::bind(&args.listen).await?;
+    let health_listener =
+        registro::server::bind_health(args.common.health_listen.as_deref()).await?;
     let config = datanode::Config {
         data_dir: PathBuf::from(args.data_dir.to_string_lossy().replace("{name}", &name)),
         name,
@@ -63,6 +70,9 @@ async fn main() -> anyhow::Result<()> {
         shutdown_grace: args.common.shutdown_grace,
         max_lists: args.max_lists,
         list_idle_timeout: args.list_idle_timeout,
+        tls,
+        health_listener,
+        metrics_listen: args.metrics_listen.filter(|a| !a.trim().is_empty()),
     };
     let grace = config.shutdown_grace;
     registro::server::run_until_signal(

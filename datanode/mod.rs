@@ -7,20 +7,25 @@
 //! - [`data_file`]: the file format, group commit, crash recovery.
 //! - [`store`]: the Store service: validation, idempotency, receipts.
 //! - [`register`]: announcing this datanode to the headnode.
+//! - [`metrics`]: the data file's metrics, served with the gRPC ones on `--metrics-listen`.
 
 pub mod data_file;
+pub mod metrics;
 pub mod register;
 pub mod store;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::metrics::{GrpcLayer, GrpcMetrics, MetricsListener};
 use crate::pb;
 use crate::server::{self, Health};
+use crate::tls::Tls;
 use data_file::{DataFile, Fsync};
 
 /// Everything a datanode needs to run (the `datanode` flags).
@@ -46,8 +51,14 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// List streams open at once; one more is RESOURCE_EXHAUSTED.
     pub max_lists: usize,
-    /// A List whose reader takes no message for this long ends with ABORTED.
+    /// A List whose reader takes no message for this long ends with DEADLINE_EXCEEDED.
     pub list_idle_timeout: Duration,
+    /// Mutual TLS for the listener and for registering; `None`: plaintext.
+    pub tls: Option<Tls>,
+    /// `--health-listen`: a plaintext listener that serves only the health protocol.
+    pub health_listener: Option<Arc<std::net::TcpListener>>,
+    /// Where to serve `/metrics` (`--metrics-listen`); none without it.
+    pub metrics_listen: Option<String>,
 }
 
 impl Config {
@@ -65,6 +76,9 @@ impl Config {
             shutdown_grace: Duration::from_secs(5),
             max_lists: store::DEFAULT_MAX_LISTS,
             list_idle_timeout: store::DEFAULT_LIST_IDLE_TIMEOUT,
+            tls: None,
+            health_listener: None,
+            metrics_listen: None,
         }
     }
 }
@@ -74,14 +88,20 @@ impl Config {
 pub enum Error {
     #[error(transparent)]
     DataFile(#[from] data_file::OpenError),
-    #[error("cannot build reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Router(#[from] server::RouterError),
+    #[error("cannot use --health-listen: {0}")]
+    HealthListener(std::io::Error),
+    #[error("--headnode: {0}")]
+    Headnode(#[from] crate::config::DialError),
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("cannot read the listener's address: {0}")]
     Listener(std::io::Error),
     #[error("invalid --advertise address: {0}")]
     Advertise(String),
+    #[error("{0}")]
+    Metrics(std::io::Error),
 }
 
 /// Runs a datanode on `listener` until `shutdown` resolves, then shuts down gracefully and syncs
@@ -126,8 +146,30 @@ async fn run(
     let (health, health_service) =
         Health::new(&[crate::STORE_SERVICE, crate::DATANODE_SERVICE]).await;
     let store = store::StoreService::new(&config, file.clone(), &loaded);
+    if let Some(tls) = &config.tls {
+        tls.log_identity(crate::tls::Role::Datanode);
+    }
+    // Checked now: with TLS, an http:// headnode is an error at start-up, not a silent retry loop.
+    if let Some(headnodes) = &config.headnode {
+        register::check(headnodes, config.tls.as_ref())?;
+    }
+    let (grpc_metrics, metrics_listener) = match &config.metrics_listen {
+        Some(addr) => {
+            let (grpc, listener) = observability(addr, &file).await?;
+            (Some(grpc), Some(listener))
+        }
+        None => (None, None),
+    };
+    let health_only = health_service.clone();
     let tracker = crate::limits::Tracker::new(config.limits);
-    let router = server::router(&tracker, health_service, store.clone())?.add_service(
+    let router = server::router(
+        &tracker,
+        health_service,
+        store.clone(),
+        config.tls.as_ref(),
+        GrpcLayer::new(grpc_metrics),
+    )?
+    .add_service(
         pb::datanode_server::DatanodeServer::new(store)
             .max_decoding_message_size(server::MAX_GRPC_BATCH_BYTES)
             .max_encoding_message_size(server::MAX_GRPC_BATCH_BYTES),
@@ -136,10 +178,21 @@ async fn run(
     let mut followers = server::Followers::new();
     let (healthy, reporter) = (file.healthy(), health.clone());
     followers.spawn(|stop| follow_disk_health(healthy, reporter, stop));
-    if let Some(headnode) = &config.headnode {
-        let (headnode, name, advertise) =
-            (headnode.clone(), config.name.clone(), advertise.clone());
-        followers.spawn(|stop| register::run(headnode, name, advertise, stop));
+    if let Some(headnodes) = &config.headnode {
+        let (headnodes, tls) = (headnodes.clone(), config.tls.clone());
+        let (name, advertise) = (config.name.clone(), advertise.clone());
+        followers.spawn(|stop| register::run(headnodes, tls, name, advertise, stop));
+    }
+    // The plaintext health port and the metrics port outlive the drain, so probes see
+    // NOT_SERVING rather than a refused connection while requests finish.
+    let mut ports = server::Followers::new();
+    if let Some(listener) = &config.health_listener {
+        let listener = listener.try_clone().map_err(Error::HealthListener)?;
+        let limits = config.limits;
+        ports.spawn(|stop| server::serve_health_only(listener, limits, health_only, stop));
+    }
+    if let Some(metrics) = metrics_listener {
+        ports.spawn(|stop| metrics.serve(stop));
     }
 
     tracing::info!("listening on {local}");
@@ -154,11 +207,35 @@ async fn run(
     .await;
     // Already done unless the server failed before a shutdown.
     followers.stop().await;
+    ports.stop().await;
     if let Err(e) = file.sync().await {
         tracing::error!(error = %e, "final sync of the data file failed");
     }
     tracing::info!(name = %config.name, "datanode stopped");
     Ok(result?)
+}
+
+/// Binds the metrics listener and builds what it serves: the gRPC metrics and the data file's.
+async fn observability(
+    addr: &str,
+    file: &DataFile,
+) -> Result<(Arc<GrpcMetrics>, MetricsListener), Error> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let grpc = GrpcMetrics::register(
+        &mut registry,
+        &[
+            crate::STORE_SERVICE,
+            crate::DATANODE_SERVICE,
+            crate::metrics::HEALTH_SERVICE,
+            crate::metrics::REFLECTION_SERVICES[0],
+            crate::metrics::REFLECTION_SERVICES[1],
+        ],
+    );
+    file.metrics().register(&mut registry);
+    let listener = MetricsListener::bind(addr, registry, None)
+        .await
+        .map_err(Error::Metrics)?;
+    Ok((grpc, listener))
 }
 
 /// The address to announce when `--advertise` is not given: the listener's own, or the host name

@@ -22,15 +22,18 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::codegen::http::Uri;
+use tonic::transport::Channel;
 
+use crate::config::DialError;
 use crate::pb::RegisterRequest;
 use crate::pb::heartbeat_client::HeartbeatClient;
+use crate::tls::Tls;
 
 /// Used until a headnode tells its own interval.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// Bound on one Register call (and one name resolution), so a hung headnode cannot stall its
 /// loop.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// The wait between attempts while a headnode cannot be reached (when shorter than its
 /// interval): a restarted headnode hears from this datanode within this long of listening, so
 /// its warm-up ends sooner, for the cost of a refused connection a few times a second.
@@ -43,17 +46,41 @@ struct Announcement {
     address: String,
 }
 
-/// Keeps this datanode registered with every headnode `headnodes` names (comma-separated URLs or
-/// host:port) until `stop` turns true.
-pub async fn run(headnodes: String, name: String, address: String, stop: watch::Receiver<bool>) {
-    let me = Announcement { name, address };
-    let mut tasks = tokio::task::JoinSet::new();
-    for url in headnodes
+/// The headnode URLs of `--headnode` (comma-separated URLs or host:port).
+fn urls(headnodes: &str) -> impl Iterator<Item = &str> {
+    headnodes
         .split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
-    {
-        tasks.spawn(follow(url.to_string(), me.clone(), stop.clone()));
+}
+
+/// Checks every headnode address at start-up: with TLS, an http:// headnode is an error then,
+/// not a silent retry loop.
+pub fn check(headnodes: &str, tls: Option<&Tls>) -> Result<(), DialError> {
+    for url in urls(headnodes) {
+        crate::config::dial(url, CALL_TIMEOUT, tls)?;
+    }
+    Ok(())
+}
+
+/// Keeps this datanode registered with every headnode `headnodes` names (comma-separated URLs or
+/// host:port) until `stop` turns true; dials with mutual TLS when `tls` is given.
+pub async fn run(
+    headnodes: String,
+    tls: Option<Tls>,
+    name: String,
+    address: String,
+    stop: watch::Receiver<bool>,
+) {
+    let me = Announcement { name, address };
+    let mut tasks = tokio::task::JoinSet::new();
+    for url in urls(&headnodes) {
+        tasks.spawn(follow(
+            url.to_string(),
+            tls.clone(),
+            me.clone(),
+            stop.clone(),
+        ));
     }
     tasks.join_all().await;
 }
@@ -67,9 +94,11 @@ struct Target {
 }
 
 impl Target {
-    /// Parses `url` (`http://host:port`, `https://…`, or a bare `host:port`).
-    fn parse(url: &str) -> Result<Self, String> {
-        let uri: Uri = crate::config::with_scheme(url)
+    /// Parses `url` (`http://host:port`, `https://…`, or a bare `host:port`, which is https://
+    /// when this datanode has TLS).
+    fn parse(url: &str, tls: bool) -> Result<Self, String> {
+        let uri: Uri = crate::config::url(url, tls)
+            .map_err(|e| e.to_string())?
             .parse()
             .map_err(|e| format!("{e}"))?;
         let scheme = uri.scheme_str().unwrap_or("http").to_string();
@@ -93,12 +122,26 @@ impl Target {
     fn url_of(&self, addr: SocketAddr) -> String {
         format!("{}://{addr}", self.scheme)
     }
+
+    /// A channel to one resolved address. Under TLS the headnode's certificate is checked
+    /// against the host name, not the address it resolved to.
+    fn channel_to(&self, addr: SocketAddr, tls: Option<&Tls>) -> Result<Channel, String> {
+        let endpoint =
+            crate::config::endpoint(&self.url_of(addr), CALL_TIMEOUT).map_err(|e| e.to_string())?;
+        let endpoint = match tls {
+            Some(tls) => endpoint
+                .tls_config(tls.client_config().domain_name(self.host.clone()))
+                .map_err(|e| e.to_string())?,
+            None => endpoint,
+        };
+        Ok(endpoint.connect_lazy())
+    }
 }
 
 /// Keeps this datanode registered with every address `url` names: one loop for an IP address,
 /// or one per resolved address of a host name, following the name as it changes.
-async fn follow(url: String, me: Announcement, mut stop: watch::Receiver<bool>) {
-    let target = match Target::parse(&url) {
+async fn follow(url: String, tls: Option<Tls>, me: Announcement, mut stop: watch::Receiver<bool>) {
+    let target = match Target::parse(&url, tls.is_some()) {
         Ok(t) => t,
         Err(e) => {
             tracing::error!(headnode = %url, error = %e, "invalid --headnode address; not registering with it");
@@ -108,7 +151,12 @@ async fn follow(url: String, me: Announcement, mut stop: watch::Receiver<bool>) 
     // The interval the headnodes of this URL asked for, in milliseconds, shared by the loops.
     let interval = Arc::new(AtomicU64::new(millis(DEFAULT_INTERVAL)));
     if target.ip().is_some() {
-        keep_registered(url, me, interval, stop).await;
+        match crate::config::lazy_channel(&url, CALL_TIMEOUT, tls.as_ref()) {
+            Ok(channel) => keep_registered(url, channel, me, interval, stop).await,
+            Err(e) => {
+                tracing::error!(headnode = %url, error = %e, "invalid --headnode address; not registering with it")
+            }
+        }
         return;
     }
     let mut loops: BTreeMap<SocketAddr, JoinHandle<()>> = BTreeMap::new();
@@ -133,14 +181,24 @@ async fn follow(url: String, me: Announcement, mut stop: watch::Receiver<bool>) 
                     keep
                 });
                 for addr in now {
-                    loops.entry(addr).or_insert_with(|| {
-                        tokio::spawn(keep_registered(
-                            target.url_of(addr),
-                            me.clone(),
-                            interval.clone(),
-                            stop.clone(),
-                        ))
-                    });
+                    if loops.contains_key(&addr) {
+                        continue;
+                    }
+                    match target.channel_to(addr, tls.as_ref()) {
+                        Ok(channel) => {
+                            let task = tokio::spawn(keep_registered(
+                                target.url_of(addr),
+                                channel,
+                                me.clone(),
+                                interval.clone(),
+                                stop.clone(),
+                            ));
+                            loops.insert(addr, task);
+                        }
+                        Err(e) => {
+                            tracing::error!(headnode = %url, address = %addr, error = %e, "cannot dial a resolved headnode address")
+                        }
+                    }
                 }
             }
             // A failed lookup keeps the addresses already known: a DNS hiccup is not a reason
@@ -173,20 +231,15 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Registers with the headnode at `url` every interval until `stop` turns true.
+/// Registers with the headnode at `url` (reached through `channel`) every interval until `stop`
+/// turns true.
 async fn keep_registered(
     url: String,
+    channel: Channel,
     me: Announcement,
     interval: Arc<AtomicU64>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let channel = match crate::config::lazy_channel(&url, CALL_TIMEOUT) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(headnode = %url, error = %e, "invalid --headnode address; not registering");
-            return;
-        }
-    };
     let mut client = HeartbeatClient::new(channel);
     // Whether the last attempt failed, so a streak of failures is logged once.
     let mut failing = false;
@@ -208,13 +261,15 @@ async fn keep_registered(
             }
             Ok(Err(status)) => {
                 if !failing {
-                    tracing::warn!(headnode = %url, code = ?status.code(), error = %status.message(), "headnode refused registration; will retry");
+                    let error = crate::tls::explain(&status, true)
+                        .unwrap_or_else(|| crate::one_line(status.message()));
+                    tracing::warn!(headnode = %url, code = ?status.code(), error = %error, "headnode refused registration; will retry");
                 }
                 failing = true;
             }
             Err(_) => {
                 if !failing {
-                    tracing::warn!(headnode = %url, "cannot reach the headnode to register; will retry");
+                    tracing::warn!(headnode = %url, "no answer from the headnode to Register; will retry");
                 }
                 failing = true;
             }
@@ -236,7 +291,7 @@ mod tests {
 
     #[test]
     fn headnode_urls_parse_with_or_without_a_scheme() {
-        let t = Target::parse("http://tasks.headnode:5000").unwrap();
+        let t = Target::parse("http://tasks.headnode:5000", false).unwrap();
         assert_eq!(
             t,
             Target {
@@ -246,15 +301,23 @@ mod tests {
             }
         );
         assert!(t.ip().is_none());
-        let bare = Target::parse("127.0.0.1:5000").unwrap();
+        let bare = Target::parse("127.0.0.1:5000", false).unwrap();
+        assert_eq!(bare.scheme, "http");
+        assert_eq!(
+            Target::parse("127.0.0.1:5000", true).unwrap().scheme,
+            "https"
+        );
+        assert!(
+            Target::parse("http://h:5000", true).is_err(),
+            "plaintext under TLS"
+        );
         assert_eq!(bare.ip(), Some(IpAddr::from([127, 0, 0, 1])));
-        let v6 = Target::parse("http://[::1]:5000").unwrap();
+        let v6 = Target::parse("http://[::1]:5000", false).unwrap();
         assert!(v6.ip().is_some());
         assert_eq!(
             v6.url_of("[::1]:5000".parse().unwrap()),
             "http://[::1]:5000"
         );
-        assert_eq!(Target::parse("https://h").unwrap().port, 443);
-        assert!(Target::parse("http://").is_err());
+        assert!(Target::parse("http://", false).is_err());
     }
 }

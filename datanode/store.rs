@@ -60,7 +60,7 @@ fn stamp(
 use crate::server::MAX_STORE_BATCH;
 
 /// The default `--list-idle-timeout`: a List whose reader takes no message for this long ends
-/// with ABORTED, so a stalled reader cannot hold a List slot, a file handle and buffers forever.
+/// with DEADLINE_EXCEEDED, so a stalled reader cannot hold a List slot, a file handle and buffers forever.
 pub const DEFAULT_LIST_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default `--max-lists`: List streams open at once on one datanode; one more is
 /// RESOURCE_EXHAUSTED.
@@ -426,7 +426,7 @@ impl pb::store_server::Store for StoreService {
 
 /// Sends up to `limit` durable records into `tx`, reading them a chunk at a time on the blocking
 /// pool and sending each chunk from the runtime: a slow reader holds a chunk and no thread. A
-/// reader that takes no message for `idle` gets ABORTED and the stream ends; a reader that went
+/// reader that takes no message for `idle` gets DEADLINE_EXCEEDED and the stream ends; a reader that went
 /// away ends it at once. The List's slot (`_permit`) is held until then.
 async fn stream_records(
     file: DataFile,
@@ -484,7 +484,7 @@ async fn stream_records(
                 Ok(Err(_)) => return,
                 Err(_) => {
                     tracing::warn!(idle = ?idle, sent, "List reader took no message within the idle timeout; ending the stream");
-                    last.send(Err(Status::aborted(format!(
+                    last.send(Err(Status::deadline_exceeded(format!(
                         "List ended after {sent} messages: the reader took none for {idle:?} (--list-idle-timeout); list again to read from the start"
                     ))));
                     return;

@@ -67,6 +67,7 @@ impl pb::heartbeat_server::Heartbeat for HeartbeatService {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterReply>, Status> {
+        crate::auth::check_registered_name(request.extensions(), &request.get_ref().name)?;
         let RegisterRequest { name, address } = request.into_inner();
         check_name(&name)?;
         check_address(&address)?;

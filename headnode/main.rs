@@ -47,6 +47,10 @@ struct Args {
     /// Stores at a time (probes use one more).
     #[arg(long, env = "REGISTRO_DATANODE_CONNECTIONS", default_value_t = DEFAULT_DATANODE_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     datanode_connections: usize,
+    /// Serve Prometheus metrics (GET /metrics) and the status page (GET /) over HTTP on this
+    /// address, e.g. 0.0.0.0:9500 [default: off].
+    #[arg(long, env = "REGISTRO_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     #[command(flatten)]
     common: registro::server::CommonArgs,
 }
@@ -55,7 +59,10 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     registro::config::init_tracing();
+    let tls = args.common.tls.load()?;
     let listener = registro::server::bind(&args.listen).await?;
+    let health_listener =
+        registro::server::bind_health(args.common.health_listen.as_deref()).await?;
     let config = headnode::Config {
         datanodes: args
             .datanodes
@@ -76,6 +83,9 @@ async fn main() -> anyhow::Result<()> {
             idle_timeout: args.list_idle_timeout,
         },
         shutdown_grace: args.common.shutdown_grace,
+        tls,
+        health_listener,
+        metrics_listen: args.metrics_listen.filter(|a| !a.trim().is_empty()),
     };
     let grace = config.shutdown_grace;
     registro::server::run_until_signal(

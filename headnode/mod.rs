@@ -14,13 +14,16 @@
 //! - [`store`]: forwarding with failover, idempotency, the registro log, List merging.
 //! - [`batch`]: the Stores bound for one datanode, sent together.
 //! - [`heartbeat`]: Register and Status.
+//! - [`metrics`]: the pool's metrics; [`status_page`]: the HTML page on the metrics port.
 
 pub mod batch;
 pub mod heartbeat;
+pub mod metrics;
 pub mod placement;
 pub mod pool;
 pub mod probe;
 pub mod record;
+pub mod status_page;
 pub mod store;
 pub mod warmup;
 
@@ -32,8 +35,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::logfile::LogFile;
+use crate::metrics::{GrpcLayer, GrpcMetrics, MetricsListener};
 use crate::pb::heartbeat_server::HeartbeatServer;
 use crate::server::{self, Health};
+use crate::tls::Tls;
 use pool::Pool;
 
 /// Everything a headnode needs to run (the `headnode` flags).
@@ -59,6 +64,12 @@ pub struct Config {
     /// Bounds of List streams.
     pub lists: store::ListLimits,
     pub shutdown_grace: Duration,
+    /// Mutual TLS for the listener and every dial to a datanode; `None`: plaintext.
+    pub tls: Option<Tls>,
+    /// `--health-listen`: a plaintext listener that serves only the health protocol.
+    pub health_listener: Option<Arc<std::net::TcpListener>>,
+    /// Where to serve `/metrics` and the status page (`--metrics-listen`); none without it.
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for Config {
@@ -76,6 +87,9 @@ impl Default for Config {
             limits: Default::default(),
             lists: Default::default(),
             shutdown_grace: Duration::from_secs(5),
+            tls: None,
+            health_listener: None,
+            metrics_listen: None,
         }
     }
 }
@@ -95,10 +109,14 @@ pub enum Error {
     },
     #[error("invalid datanode address in --datanodes: {0}")]
     Datanode(String),
-    #[error("cannot build reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Router(#[from] server::RouterError),
+    #[error("cannot use --health-listen: {0}")]
+    HealthListener(std::io::Error),
     #[error("server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Metrics(std::io::Error),
 }
 
 fn open_log(path: &PathBuf) -> Result<LogFile, Error> {
@@ -122,6 +140,7 @@ pub async fn serve(
         config.datanode_connections,
         config.forward_timeout,
         config.lists.max_open,
+        config.tls.clone(),
     ));
     for address in &config.datanodes {
         pool.add_static(address).map_err(Error::Datanode)?;
@@ -161,53 +180,75 @@ pub async fn serve(
         config.heartbeat_interval,
         config.heartbeat_timeout,
     );
+    if let Some(tls) = &config.tls {
+        tls.log_identity(crate::tls::Role::Headnode);
+    }
+    let (grpc_metrics, metrics_listener) = match &config.metrics_listen {
+        Some(addr) => {
+            let (grpc, listener) = observability(addr, &pool, &listener).await?;
+            (Some(grpc), Some(listener))
+        }
+        None => (None, None),
+    };
+    let health_only = health_service.clone();
     let tracker = crate::limits::Tracker::new(config.limits);
-    let router = server::router(&tracker, health_service, store)?
-        .add_service(HeartbeatServer::new(heartbeat));
+    let router = server::router(
+        &tracker,
+        health_service,
+        store,
+        config.tls.as_ref(),
+        GrpcLayer::new(grpc_metrics),
+    )?
+    .add_service(HeartbeatServer::new(heartbeat));
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(warmup::run(
-        pool.clone(),
-        warmup::window(
-            !config.datanodes.is_empty(),
-            config.heartbeat_interval,
-            config.heartbeat_timeout,
-        ),
-        expected,
-        config.heartbeat_timeout,
-        warm_tx,
-        stop_rx.clone(),
-    ));
-    tasks.spawn(probe::run(
-        pool.clone(),
-        heartbeat_log.clone(),
+    // The probes and the readiness follower stop before the shutdown sequence turns health
+    // NOT_SERVING, so nothing can turn it back to SERVING while the headnode drains.
+    let mut followers = server::Followers::new();
+    let window = warmup::window(
+        !config.datanodes.is_empty(),
         config.heartbeat_interval,
         config.heartbeat_timeout,
-        stop_rx,
-    ));
-    let readiness = Readiness::follow(pool.clone(), warm, health.clone());
+    );
+    let probe_timeout = config.heartbeat_timeout;
+    followers
+        .spawn(|stop| warmup::run(pool.clone(), window, expected, probe_timeout, warm_tx, stop));
+    followers.spawn(|stop| {
+        probe::run(
+            pool.clone(),
+            heartbeat_log.clone(),
+            config.heartbeat_interval,
+            config.heartbeat_timeout,
+            stop,
+        )
+    });
+    followers.spawn(|stop| follow_readiness(pool.clone(), warm, health.clone(), stop));
+    // The plaintext health port and the metrics port outlive the drain, so probes see
+    // NOT_SERVING rather than a refused connection while requests finish.
+    let mut ports = server::Followers::new();
+    if let Some(listener) = &config.health_listener {
+        let listener = listener.try_clone().map_err(Error::HealthListener)?;
+        let limits = config.limits;
+        ports.spawn(|stop| server::serve_health_only(listener, limits, health_only, stop));
+    }
+    if let Some(metrics) = metrics_listener {
+        ports.spawn(|stop| metrics.serve(stop));
+    }
 
     if let Ok(local) = listener.local_addr() {
         tracing::info!("listening on {local}");
     }
-    // The readiness follower stops before the shutdown sequence turns health NOT_SERVING, so
-    // nothing can turn it back to SERVING while the headnode drains.
-    let shutdown = async move {
-        shutdown.await;
-        readiness.stop().await;
-    };
     let result = server::serve(
         router,
         &tracker,
         listener,
         health,
-        shutdown,
+        followers.stop_after(shutdown),
         config.shutdown_grace,
     )
     .await;
-    let _ = stop_tx.send(true);
-    tasks.join_all().await;
+    // Already done unless the server failed before a shutdown.
+    followers.stop().await;
+    ports.stop().await;
     for log in [&heartbeat_log, &registro_log] {
         if let Err(e) = log.sync().await {
             tracing::error!(path = %log.path().display(), error = %e, "final sync of a log failed");
@@ -217,35 +258,42 @@ pub async fn serve(
     Ok(result?)
 }
 
-/// The task that keeps `registro.v1.Store` SERVING exactly while the headnode has warmed up and
-/// at least one datanode is SERVING.
-struct Readiness {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+/// Binds the metrics listener and builds what it serves: the gRPC metrics, the pool's, and the
+/// status page.
+async fn observability(
+    addr: &str,
+    pool: &Arc<Pool>,
+    grpc_listener: &TcpListener,
+) -> Result<(Arc<GrpcMetrics>, MetricsListener), Error> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let grpc = GrpcMetrics::register(
+        &mut registry,
+        &[
+            crate::STORE_SERVICE,
+            crate::HEARTBEAT_SERVICE,
+            crate::metrics::HEALTH_SERVICE,
+            crate::metrics::REFLECTION_SERVICES[0],
+            crate::metrics::REFLECTION_SERVICES[1],
+        ],
+    );
+    metrics::register(&mut registry, pool.clone());
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let page = status_page::StatusPage::new(pool.clone(), grpc.clone(), grpc_addr);
+    let listener = MetricsListener::bind(addr, registry, Some(Box::new(move || page.render())))
+        .await
+        .map_err(Error::Metrics)?;
+    Ok((grpc, listener))
 }
 
-impl Readiness {
-    /// Starts following `pool` and `warm` into `health`.
-    fn follow(pool: Arc<Pool>, warm: tokio::sync::watch::Receiver<bool>, health: Health) -> Self {
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(follow_readiness(pool, warm, health, stopped));
-        Self { stop, task }
-    }
-
-    /// Stops following; once this returns the follower has ended and sets nothing any more.
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        if let Err(e) = self.task.await {
-            tracing::error!(error = %e, "readiness follower failed");
-        }
-    }
-}
-
+/// Keeps `registro.v1.Store` SERVING exactly while the headnode has warmed up and at least one
+/// datanode is SERVING, until `stop`.
 async fn follow_readiness(
     pool: Arc<Pool>,
     mut warm: tokio::sync::watch::Receiver<bool>,
     health: Health,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut serving = pool.serving();
     loop {
@@ -256,7 +304,7 @@ async fn follow_readiness(
             changed = serving.changed() => if changed.is_err() { return },
             // Warm-up only ever turns true; once it has, its sender may go.
             changed = warm.changed(), if !warmed => if changed.is_err() { return },
-            _ = &mut stop => return,
+            _ = stop.wait_for(|stopped| *stopped) => return,
         }
     }
 }
@@ -271,7 +319,7 @@ mod tests {
 
     /// What a health client on `url` hears about `registro.v1.Store`.
     async fn store_status(url: &str) -> Result<ServingStatus, tonic::Code> {
-        let channel = crate::config::lazy_channel(url, Duration::from_secs(1)).unwrap();
+        let channel = crate::config::lazy_channel(url, Duration::from_secs(1), None).unwrap();
         let mut client = HealthClient::new(channel);
         client
             .check(HealthCheckRequest {
@@ -299,11 +347,13 @@ mod tests {
             1,
             Duration::from_secs(1),
             1,
+            None,
         ));
         pool.add_static("127.0.0.1:1").unwrap();
         let node = pool.get("127.0.0.1:1").unwrap();
         let (_warm_tx, warm) = tokio::sync::watch::channel(true);
-        let readiness = Readiness::follow(pool.clone(), warm, health.clone());
+        let mut followers = server::Followers::new();
+        followers.spawn(|stop| follow_readiness(pool.clone(), warm, health.clone(), stop));
         pool.record_probe(&node, &ProbeResult::Serving(Duration::ZERO));
         let mut serving = false;
         for _ in 0..200 {
@@ -316,7 +366,7 @@ mod tests {
         assert!(serving, "the follower reports a SERVING datanode");
 
         // The shutdown sequence: the follower first, then health.
-        readiness.stop().await;
+        followers.stop().await;
         health.set(crate::STORE_SERVICE, false).await;
         pool.mark_down(&node, "gone");
         pool.record_probe(&node, &ProbeResult::Serving(Duration::ZERO));

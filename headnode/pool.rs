@@ -1,7 +1,7 @@
 //! The pool: every datanode the headnode knows, its health as the last probe or forward saw it,
 //! and a key's placement order over it ([`Pool::placement`], by [`super::placement::rank`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -14,6 +14,7 @@ use tonic_health::pb::health_client::HealthClient;
 use super::batch::{self, Batcher};
 use crate::pb::store_client::StoreClient;
 use crate::pb::{Record, StoreReply};
+use crate::tls::Tls;
 
 /// The HTTP/2 flow-control window of one List stream from a datanode: the most a List whose
 /// reader is slow holds in the headnode per datanode.
@@ -67,7 +68,24 @@ pub struct Observation {
     pub latency: Option<Duration>,
     /// The last error, when unreachable.
     pub detail: String,
+    /// When its liveness last changed (the status page's "last change").
+    pub last_change: Option<DateTime<Utc>>,
 }
+
+/// One change of a datanode's liveness, as the status page lists them.
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub at: DateTime<Utc>,
+    pub datanode: String,
+    pub address: String,
+    pub from: Liveness,
+    pub to: Liveness,
+    /// The error that made it unreachable, or the probe latency that found it answering.
+    pub detail: String,
+}
+
+/// How many recent transitions the pool keeps for the status page.
+pub const RECENT_TRANSITIONS: usize = 20;
 
 /// One datanode in the pool.
 pub struct Datanode {
@@ -88,6 +106,8 @@ pub struct Datanode {
     observation: Mutex<Observation>,
     /// Messages stored on it through this headnode.
     routed: AtomicU64,
+    /// Transitions into SERVING, NOT_SERVING and UNREACHABLE (see [`Datanode::transitions`]).
+    transitions: [AtomicU64; 3],
 }
 
 impl Datanode {
@@ -95,32 +115,30 @@ impl Datanode {
         name: String,
         address: String,
         registered: bool,
-        connect_timeout: Duration,
-        connections: usize,
-        forward_timeout: Duration,
-        max_lists: usize,
+        dialing: &Dialing,
     ) -> Result<Self, String> {
         crate::config::check_host_port(&address)?;
-        let channel =
-            || crate::config::lazy_channel(&address, connect_timeout).map_err(|e| e.to_string());
-        let forward_channels: Vec<Channel> = (0..connections.max(1))
-            .map(|_| channel())
+        let dial = || {
+            crate::config::dial(&address, dialing.connect_timeout, dialing.tls.as_ref())
+                .map_err(|e| e.to_string())
+        };
+        let forward_channels: Vec<Channel> = (0..dialing.connections.max(1))
+            .map(|_| dial().map(|e| e.connect_lazy()))
             .collect::<Result<_, _>>()?;
-        let health_channel = channel()?;
+        let health_channel = dial()?.connect_lazy();
         // Every List stream may hold its whole window unread, and the connection's window is
         // room for all of them: a reader that stops cannot take another List's share.
-        let list_window = u32::try_from(max_lists.max(1))
+        let list_window = u32::try_from(dialing.max_lists.max(1))
             .unwrap_or(u32::MAX)
             .saturating_mul(LIST_STREAM_WINDOW)
             .min(MAX_WINDOW);
-        let list_channel = crate::config::endpoint(&address, connect_timeout)
-            .map_err(|e| e.to_string())?
+        let list_channel = dial()?
             .initial_stream_window_size(LIST_STREAM_WINDOW)
             .initial_connection_window_size(list_window)
             .connect_lazy();
         Ok(Self {
             name,
-            batcher: Batcher::new(forward_channels, forward_timeout),
+            batcher: Batcher::new(forward_channels, dialing.forward_timeout),
             list_channel,
             health_channel,
             address,
@@ -130,8 +148,10 @@ impl Datanode {
                 last_checked: None,
                 latency: None,
                 detail: String::new(),
+                last_change: None,
             }),
             routed: AtomicU64::new(0),
+            transitions: Default::default(),
         })
     }
 
@@ -172,6 +192,27 @@ impl Datanode {
         self.routed.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// How many times it has turned SERVING, NOT_SERVING and UNREACHABLE, in that order.
+    pub fn transitions(&self) -> [(Liveness, u64); 3] {
+        let count = |i: usize| self.transitions[i].load(Ordering::Relaxed);
+        [
+            (Liveness::Serving, count(0)),
+            (Liveness::NotServing, count(1)),
+            (Liveness::Unreachable, count(2)),
+        ]
+    }
+
+    fn count_transition(&self, to: Liveness) {
+        let i = match to {
+            Liveness::Serving => 0,
+            Liveness::NotServing => 1,
+            Liveness::Unreachable => 2,
+            // Nothing turns UNKNOWN: it is only where a datanode starts.
+            Liveness::Unknown => return,
+        };
+        self.transitions[i].fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Whether it is routed to: SERVING at its last probe, and no forward failed since.
     pub fn is_serving(&self) -> bool {
         self.lock().liveness == Liveness::Serving
@@ -200,6 +241,18 @@ pub enum Registration {
 /// Every datanode the headnode knows, by name.
 pub struct Pool {
     members: RwLock<BTreeMap<String, Arc<Datanode>>>,
+    /// How every member is dialled.
+    dialing: Dialing,
+    /// How many members are SERVING; the headnode's readiness follows it.
+    serving: watch::Sender<usize>,
+    /// Ticks on every observation and membership change (the warm-up waits on it).
+    changed: watch::Sender<()>,
+    /// The last [`RECENT_TRANSITIONS`] liveness changes, oldest first.
+    recent: Mutex<VecDeque<Transition>>,
+}
+
+/// How the headnode connects to every datanode.
+struct Dialing {
     connect_timeout: Duration,
     /// Forward connections per datanode.
     connections: usize,
@@ -207,30 +260,33 @@ pub struct Pool {
     forward_timeout: Duration,
     /// Lists open at once, for the List connections' windows.
     max_lists: usize,
-    /// How many members are SERVING; the headnode's readiness follows it.
-    serving: watch::Sender<usize>,
-    /// Ticks on every observation and membership change (the warm-up waits on it).
-    changed: watch::Sender<()>,
+    /// Mutual TLS for every connection to a datanode; `None`: plaintext.
+    tls: Option<Tls>,
 }
 
 impl Pool {
     /// An empty pool that opens `connections` forward connections to each datanode (plus one
-    /// for probes and one for up to `max_lists` Lists); connecting gives up after
-    /// `connect_timeout`, a forward call after `forward_timeout`.
+    /// for probes and one for up to `max_lists` Lists), with `tls` when given; connecting gives
+    /// up after `connect_timeout`, a forward call after `forward_timeout`.
     pub fn new(
         connect_timeout: Duration,
         connections: usize,
         forward_timeout: Duration,
         max_lists: usize,
+        tls: Option<Tls>,
     ) -> Self {
         Self {
             members: RwLock::new(BTreeMap::new()),
-            connect_timeout,
-            connections,
-            forward_timeout,
-            max_lists,
+            dialing: Dialing {
+                connect_timeout,
+                connections,
+                forward_timeout,
+                max_lists,
+                tls,
+            },
             serving: watch::Sender::new(0),
             changed: watch::Sender::new(()),
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_TRANSITIONS)),
         }
     }
 
@@ -238,15 +294,7 @@ impl Pool {
     /// [`crate::config::static_datanode_name`]).
     pub fn add_static(&self, address: &str) -> Result<(), String> {
         let name = crate::config::static_datanode_name(address);
-        let node = Datanode::new(
-            name.clone(),
-            address.to_string(),
-            false,
-            self.connect_timeout,
-            self.connections,
-            self.forward_timeout,
-            self.max_lists,
-        )?;
+        let node = Datanode::new(name.clone(), address.to_string(), false, &self.dialing)?;
         self.write().insert(name, Arc::new(node));
         self.publish_serving();
         Ok(())
@@ -268,10 +316,7 @@ impl Pool {
             name.to_string(),
             address.to_string(),
             true,
-            self.connect_timeout,
-            self.connections,
-            self.forward_timeout,
-            self.max_lists,
+            &self.dialing,
         )?);
         let outcome = match members.insert(name.to_string(), node.clone()) {
             Some(old) => Registration::Moved {
@@ -333,8 +378,13 @@ impl Pool {
 
     /// Records a probe's result on `node`.
     pub fn record_probe(&self, node: &Datanode, result: &ProbeResult) {
-        {
-            let mut o = node.lock();
+        let detail = match result {
+            ProbeResult::Serving(latency) | ProbeResult::NotServing(latency) => {
+                format!("probe answered in {:.2}ms", latency.as_secs_f64() * 1000.0)
+            }
+            ProbeResult::Unreachable(error) => error.clone(),
+        };
+        self.update(node, detail, |o| {
             o.last_checked = Some(Utc::now());
             match result {
                 ProbeResult::Serving(latency) => {
@@ -352,28 +402,60 @@ impl Pool {
                     o.detail = error.clone();
                 }
             }
-        }
-        self.publish_serving();
+        });
     }
 
     /// Takes `node` out of routing at once because a forward to it failed; the next probe that
     /// finds it SERVING puts it back.
     pub fn mark_down(&self, node: &Datanode, error: &str) {
-        {
-            let mut o = node.lock();
+        self.update(node, error.to_string(), |o| {
             o.liveness = Liveness::Unreachable;
             o.detail = error.to_string();
-        }
-        self.publish_serving();
+        });
     }
 
     /// Takes `node` out of routing at once because it said it is not serving (its health Watch
     /// stream); the next probe that finds it SERVING puts it back.
     pub fn mark_not_serving(&self, node: &Datanode) {
-        {
-            let mut o = node.lock();
+        self.update(node, "its health watch said NOT_SERVING".to_string(), |o| {
             o.liveness = Liveness::NotServing;
             o.detail.clear();
+        });
+    }
+
+    /// The last [`RECENT_TRANSITIONS`] liveness changes of any member, newest first.
+    pub fn recent_transitions(&self) -> Vec<Transition> {
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.iter().rev().cloned().collect()
+    }
+
+    /// Applies `change` to `node`'s observation; a change of liveness is counted and kept among
+    /// the recent transitions with `detail` (why). Then republishes the number of SERVING members.
+    fn update(&self, node: &Datanode, detail: String, change: impl FnOnce(&mut Observation)) {
+        let transition = {
+            let mut o = node.lock();
+            let before = o.liveness;
+            change(&mut o);
+            (o.liveness != before).then(|| {
+                let at = Utc::now();
+                o.last_change = Some(at);
+                Transition {
+                    at,
+                    datanode: node.name.clone(),
+                    address: node.address.clone(),
+                    from: before,
+                    to: o.liveness,
+                    detail,
+                }
+            })
+        };
+        if let Some(transition) = transition {
+            node.count_transition(transition.to);
+            let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            if recent.len() == RECENT_TRANSITIONS {
+                recent.pop_front();
+            }
+            recent.push_back(transition);
         }
         self.publish_serving();
     }
@@ -404,7 +486,13 @@ mod tests {
     use super::*;
 
     fn pool() -> Pool {
-        Pool::new(Duration::from_millis(100), 2, Duration::from_millis(500), 4)
+        Pool::new(
+            Duration::from_millis(100),
+            2,
+            Duration::from_millis(500),
+            4,
+            None,
+        )
     }
 
     /// The order of [`Pool::placement`] is [`super::super::placement::rank`] over every
@@ -460,5 +548,39 @@ mod tests {
         );
         assert_eq!(p.get("datanode1").unwrap().address, "127.0.0.1:7001");
         assert!(p.register("bad", "no-port").is_err());
+    }
+
+    /// Each change of liveness is counted by where it went and kept among the recent
+    /// transitions (the last RECENT_TRANSITIONS, newest first); a repeat of the same status is
+    /// not a transition.
+    #[tokio::test]
+    async fn transitions_are_counted_and_the_last_ones_kept() {
+        let p = pool();
+        p.add_static("127.0.0.1:1").unwrap();
+        let a = p.get("127.0.0.1:1").unwrap();
+        let serving = ProbeResult::Serving(Duration::from_micros(500));
+        p.record_probe(&a, &serving);
+        p.record_probe(&a, &serving);
+        assert!(a.observation().last_change.is_some());
+        for i in 0..15 {
+            p.mark_down(&a, &format!("refused {i}"));
+            p.record_probe(&a, &serving);
+        }
+        p.mark_not_serving(&a);
+        let counts = a.transitions();
+        assert_eq!(counts[0], (Liveness::Serving, 16));
+        assert_eq!(counts[1], (Liveness::NotServing, 1));
+        assert_eq!(counts[2], (Liveness::Unreachable, 15));
+        let recent = p.recent_transitions();
+        assert_eq!(recent.len(), RECENT_TRANSITIONS);
+        assert_eq!(
+            (recent[0].from, recent[0].to),
+            (Liveness::Serving, Liveness::NotServing)
+        );
+        assert_eq!(recent[1].detail, "probe answered in 0.50ms");
+        assert_eq!(
+            (recent[2].to, recent[2].detail.as_str()),
+            (Liveness::Unreachable, "refused 14")
+        );
     }
 }

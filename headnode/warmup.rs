@@ -209,6 +209,7 @@ ragged tail of an older line
             1,
             Duration::from_secs(1),
             1,
+            None,
         ));
         let (warm_tx, mut warm) = watch::channel(false);
         let (_stop_tx, stop) = watch::channel(false);
@@ -241,6 +242,7 @@ ragged tail of an older line
             1,
             Duration::from_secs(1),
             1,
+            None,
         ));
         pool.add_static("127.0.0.1:1").unwrap();
         let (warm_tx, mut warm) = watch::channel(false);

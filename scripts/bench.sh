@@ -20,6 +20,8 @@
 #   BENCH_KEEP_DATA=1      keep the data files and registro logs (deleted after counting)
 # A quick run: BENCH_DURATION=2 BENCH_ROUNDS=1 BENCH_KILLS=2 make bench
 set -euo pipefail
+# Plaintext on loopback, as nginx's side is, whatever certificates the shell has exported.
+unset REGISTRO_TLS_CA REGISTRO_TLS_CERT REGISTRO_TLS_KEY
 cd "$(dirname "$0")/.."
 
 duration=${BENCH_DURATION:-10}

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
 
+use crate::tls::Tls;
+
 /// Parses `500ms`, `2s`, `1m` (anything `humantime` reads) for clap.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 2s, 1m)"))
@@ -47,24 +49,78 @@ pub fn with_scheme(addr: &str) -> String {
     }
 }
 
-/// An endpoint for one of our gRPC servers, with the transport settings every role uses.
+/// A plaintext endpoint for one of our gRPC servers, with the transport settings every role
+/// uses; [`dial`] is the same under mutual TLS.
 pub fn endpoint(
     addr: &str,
     connect_timeout: Duration,
 ) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(with_scheme(addr))?
+    Ok(settings(
+        Endpoint::from_shared(with_scheme(addr))?,
+        connect_timeout,
+    ))
+}
+
+fn settings(endpoint: Endpoint, connect_timeout: Duration) -> Endpoint {
+    endpoint
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5)))
+        .keep_alive_timeout(Duration::from_secs(5))
+}
+
+/// Why an address cannot be dialled.
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("{0} is plaintext (http://) but mutual TLS is configured: write https:// or host:port")]
+    PlaintextWithTls(String),
+    #[error(
+        "{0} is https:// but no --tls-ca/--tls-cert/--tls-key (REGISTRO_TLS_*) is given: write http:// or give them"
+    )]
+    TlsWithoutCertificates(String),
+    #[error("invalid address {0:?}: {1}")]
+    Invalid(String, tonic::transport::Error),
+}
+
+/// The URL for `addr` (a URL or host:port): `https://` when this process has TLS, `http://`
+/// otherwise. A scheme that contradicts the TLS setting is an error rather than a surprise:
+/// with certificates configured nothing is ever dialled in plaintext.
+pub fn url(addr: &str, tls: bool) -> Result<String, DialError> {
+    match (addr.split_once("://").map(|(scheme, _)| scheme), tls) {
+        (None, true) => Ok(format!("https://{addr}")),
+        (None, false) => Ok(format!("http://{addr}")),
+        (Some("http"), true) => Err(DialError::PlaintextWithTls(addr.to_string())),
+        (Some("https"), false) => Err(DialError::TlsWithoutCertificates(addr.to_string())),
+        _ => Ok(addr.to_string()),
+    }
+}
+
+/// An endpoint for `addr` with the shared transport settings, dialled with mutual TLS when
+/// `tls` is given (the server must present a certificate of the cluster's CA for the host in
+/// `addr`).
+pub fn dial(
+    addr: &str,
+    connect_timeout: Duration,
+    tls: Option<&Tls>,
+) -> Result<Endpoint, DialError> {
+    let invalid = |e| DialError::Invalid(addr.to_string(), e);
+    let endpoint = settings(
+        Endpoint::from_shared(url(addr, tls.is_some())?).map_err(invalid)?,
+        connect_timeout,
+    );
+    match tls {
+        Some(tls) => endpoint.tls_config(tls.client_config()).map_err(invalid),
+        None => Ok(endpoint),
+    }
 }
 
 /// A lazily connecting channel to `addr`: creating it never blocks or fails on an absent peer.
 pub fn lazy_channel(
     addr: &str,
     connect_timeout: Duration,
-) -> Result<Channel, tonic::transport::Error> {
-    Ok(endpoint(addr, connect_timeout)?.connect_lazy())
+    tls: Option<&Tls>,
+) -> Result<Channel, DialError> {
+    Ok(dial(addr, connect_timeout, tls)?.connect_lazy())
 }
 
 /// Checks that `addr` is `host:port` with a non-empty host and a valid port.
@@ -143,6 +199,21 @@ mod tests {
         assert!(parse_bytes("lots").is_err());
         assert!(parse_bytes("5 parsecs").is_err());
         assert!(parse_bytes("99999999999999999999GiB").is_err());
+    }
+
+    #[test]
+    fn the_scheme_follows_the_tls_setting() {
+        assert_eq!(url("h:1", true).unwrap(), "https://h:1");
+        assert_eq!(url("h:1", false).unwrap(), "http://h:1");
+        assert_eq!(url("https://h:1", true).unwrap(), "https://h:1");
+        assert!(matches!(
+            url("http://h:1", true),
+            Err(DialError::PlaintextWithTls(_))
+        ));
+        assert!(matches!(
+            url("https://h:1", false),
+            Err(DialError::TlsWithoutCertificates(_))
+        ));
     }
 
     #[test]

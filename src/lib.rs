@@ -13,18 +13,23 @@
 //! | `headnode/` | [`headnode`]: the pool of datanodes, routing and failover, probes, the logs |
 //! | `datanode/` | [`datanode`]: the data file with group commit, the Store service, registration |
 //! | `client/` | the `client` binary: send, status, list, health, bench |
-//! | `src/` | what the roles share: [`config`], [`dedupe`], [`limits`], [`logfile`], [`retry`], [`server`], [`time`] |
+//! | `src/` | what the roles share: [`config`], [`dedupe`], [`limits`], [`logfile`], [`metrics`], [`retry`], [`server`], [`time`] |
+//! | `src/tls.rs`, `src/certs.rs`, `src/auth.rs` | mutual TLS: [`tls`] loads the certificates, [`certs`] makes them, [`auth`] is who may call what |
 //!
 //! Each role exposes `serve(listener, config, shutdown)` so that tests can start real nodes
 //! in-process on `127.0.0.1:0`; the binaries only parse flags, set up logging and call it.
 
+pub mod auth;
+pub mod certs;
 pub mod config;
 pub mod dedupe;
 pub mod limits;
 pub mod logfile;
+pub mod metrics;
 pub mod retry;
 pub mod server;
 pub mod time;
+pub mod tls;
 
 #[path = "../datanode/mod.rs"]
 pub mod datanode;

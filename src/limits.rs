@@ -33,7 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tonic::codegen::http;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 
 /// Bytes of the HTTP/2 client preface: a connection that has sent fewer is still handshaking.
 const PREFACE_BYTES: usize = 24;
@@ -382,7 +382,7 @@ pub struct InFlightLayer {
     tracker: Tracker,
 }
 
-impl<S> tower_layer::Layer<S> for InFlightLayer {
+impl<S> tower::Layer<S> for InFlightLayer {
     type Service = InFlight<S>;
 
     fn layer(&self, inner: S) -> InFlight<S> {
@@ -454,9 +454,14 @@ where
                 }
             }
         };
-        let peer = request
-            .extensions()
+        let extensions = request.extensions();
+        let peer = extensions
             .get::<TcpConnectInfo>()
+            .or_else(|| {
+                extensions
+                    .get::<TlsConnectInfo<TcpConnectInfo>>()
+                    .map(TlsConnectInfo::get_ref)
+            })
             .and_then(|info| info.remote_addr);
         let activity = peer.and_then(|peer| self.tracker.lock_table().get(&peer).cloned());
         if let Some(activity) = &activity {

@@ -12,13 +12,42 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::Router;
+use tonic::transport::server::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
-use tower_layer::{Identity, Stack};
+use tower::layer::util::{Identity, Stack};
 
-use crate::limits::{InFlightLayer, LimitArgs, Tracker};
+use crate::auth::AuthLayer;
+use crate::limits::{InFlightLayer, LimitArgs, Limits, Tracker};
+use crate::metrics::GrpcLayer;
 use crate::pb;
+use crate::tls::Tls;
+
+/// A server's routes behind the [`crate::auth`] layer.
+pub type Router = tonic::transport::server::Router<
+    Stack<AuthLayer, Stack<InFlightLayer, Stack<GrpcLayer, Identity>>>,
+>;
+
+/// A server builder with the HTTP/2 settings of `limits` (see [`crate::limits`]).
+fn builder(limits: Limits) -> Server {
+    Server::builder()
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        // A client resetting streams as fast as it opens them (the "rapid reset" attack) is
+        // disconnected rather than allowed to keep the server busy.
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .http2_max_header_list_size(16 * 1024)
+}
+
+/// Why a server's router cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("cannot build reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot use the TLS certificate: {0}")]
+    Tls(#[from] tonic::transport::Error),
+}
 
 /// The largest gRPC message a server accepts or sends: the transport limit, above which tonic
 /// answers OUT_OF_RANGE before our code sees the request.
@@ -117,33 +146,35 @@ pub fn reflection() -> Result<
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
 
-/// The router of a registro server, with its layers.
-pub type ServerRouter = Router<Stack<InFlightLayer, Identity>>;
-
 /// The router every registro server starts from: the transport limits of `tracker`, the health
 /// service, reflection (v1 and v1alpha) and `registro.v1.Store` with the transport's message
-/// limits. The headnode adds Heartbeat to it.
+/// limits, every call recorded by `metrics`, behind the [`crate::auth`] layer. With `tls`, every
+/// connection needs a client certificate signed by the cluster's CA; without, it is plaintext
+/// (and says so in the log). The headnode adds Heartbeat.
 pub fn router<S>(
     tracker: &Tracker,
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
     store: S,
-) -> Result<ServerRouter, tonic_reflection::server::Error>
+    tls: Option<&Tls>,
+    metrics: GrpcLayer,
+) -> Result<Router, RouterError>
 where
     S: pb::store_server::Store,
 {
     let (reflection_v1, reflection_v1alpha) = reflection()?;
-    let limits = tracker.limits();
-    Ok(tonic::transport::Server::builder()
-        .max_concurrent_streams(limits.max_streams_per_connection)
-        .http2_keepalive_interval(Some(limits.keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-        // A client resetting streams as fast as it opens them (the "rapid reset" attack) is
-        // disconnected rather than allowed to keep the server busy.
-        .http2_max_pending_accept_reset_streams(Some(64))
-        .http2_max_header_list_size(16 * 1024)
+    let mut builder = builder(tracker.limits());
+    match tls {
+        Some(tls) => builder = builder.tls_config(tls.server_config())?,
+        None => crate::tls::warn_plaintext(),
+    }
+    // Outermost first: every call is recorded (shed and refused ones too), then the limits,
+    // then who may call what.
+    Ok(builder
+        .layer(metrics)
         .layer(tracker.layer())
+        .layer(AuthLayer::new(tls.is_some()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -153,6 +184,57 @@ where
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         ))
 }
+
+/// Serves only `grpc.health.v1.Health` (the same statuses as the main port) in plaintext on
+/// `listener` until `stop` resolves: `--health-listen`, for Kubernetes' native gRPC probes and
+/// load balancers, which cannot present a client certificate. Nothing else is served there.
+pub async fn serve_health_only(
+    listener: std::net::TcpListener,
+    limits: Limits,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    mut stop: watch::Receiver<bool>,
+) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| TcpListener::from_std(listener))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve --health-listen");
+            return;
+        }
+    };
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!("health checks (plaintext, grpc.health.v1 only) on {local}");
+    }
+    let tracker = Tracker::new(limits);
+    let incoming = tracker.incoming(listener);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = builder(limits)
+        .layer(tracker.layer())
+        .add_service(health_service)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "the --health-listen server failed");
+            }
+            return;
+        }
+        _ = stop.wait_for(|stopped| *stopped) => {}
+    }
+    let _ = stop_tx.send(());
+    // Probes are single short calls; a Watch stream ended when the statuses were cleared.
+    let _ = tokio::time::timeout(HEALTH_ONLY_GRACE, server).await;
+}
+
+/// How long the `--health-listen` server waits for open calls when it stops.
+const HEALTH_ONLY_GRACE: Duration = Duration::from_secs(1);
 
 /// The flags every registro server shares.
 #[derive(Debug, Clone, clap::Args)]
@@ -172,6 +254,12 @@ pub struct CommonArgs {
     pub shutdown_grace: Duration,
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// A second, plaintext address serving only grpc.health.v1.Health, for Kubernetes' gRPC
+    /// probes and load balancers (which present no client certificate).
+    #[arg(long, env = "REGISTRO_HEALTH_LISTEN", value_name = "ADDR")]
+    pub health_listen: Option<String>,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 impl CommonArgs {
@@ -187,7 +275,7 @@ impl CommonArgs {
 /// Serves `router` on `listener` within the limits of `tracker` until `shutdown` resolves, then
 /// runs the shutdown sequence (see the module docs) with `grace` for in-flight requests.
 pub async fn serve(
-    router: ServerRouter,
+    router: Router,
     tracker: &Tracker,
     listener: TcpListener,
     health: Health,
@@ -283,10 +371,12 @@ async fn termination_signal() {
     }
 }
 
-/// The tasks that run beside a server and set its health (readiness, disk health) or announce
-/// it (registration). They stop *before* health turns NOT_SERVING: a role hands
-/// [`Followers::stop_after`] its shutdown signal as [`serve`]'s `shutdown` future, so a draining
-/// server never reports SERVING again.
+/// Tasks that run beside a server until told to stop. A role keeps two sets: the ones that set
+/// its health (readiness, disk health) or announce it (registration) stop *before* health turns
+/// NOT_SERVING (the role hands [`Followers::stop_after`] its shutdown signal as [`serve`]'s
+/// `shutdown` future, so a draining server never reports SERVING again); the side ports
+/// (`--health-listen`, `--metrics-listen`) stop after the drain, so probes read NOT_SERVING rather
+/// than a refused connection while requests finish.
 pub struct Followers {
     stop: watch::Sender<bool>,
     tasks: tokio::task::JoinSet<()>,
@@ -325,6 +415,18 @@ impl Followers {
     pub async fn stop_after(&mut self, shutdown: impl Future<Output = ()>) {
         shutdown.await;
         self.stop().await;
+    }
+}
+
+/// Binds `--health-listen` when given, as a std listener a role's `Config` can carry.
+pub async fn bind_health(
+    addr: Option<&str>,
+) -> std::io::Result<Option<std::sync::Arc<std::net::TcpListener>>> {
+    match addr {
+        Some(addr) if !addr.trim().is_empty() => {
+            Ok(Some(std::sync::Arc::new(bind(addr).await?.into_std()?)))
+        }
+        _ => Ok(None),
     }
 }
 

@@ -112,9 +112,9 @@ fn unread_lists_hold_no_blocking_thread() {
 }
 
 /// Lists past `--max-lists` are RESOURCE_EXHAUSTED; a stream whose reader takes nothing for
-/// `--list-idle-timeout` ends with ABORTED saying why, and its slot is free again.
+/// `--list-idle-timeout` ends with DEADLINE_EXCEEDED saying why, and its slot is free again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_list_idle_past_the_timeout_ends_with_aborted_and_frees_its_slot() {
+async fn a_list_idle_past_the_timeout_ends_with_deadline_exceeded_and_frees_its_slot() {
     let dir = tempfile::tempdir().unwrap();
     fill_data_dir(&dir.path().join("d"));
     let mut config = datanode_config(dir.path(), "d");
@@ -145,7 +145,7 @@ async fn a_list_idle_past_the_timeout_ends_with_aborted_and_frees_its_slot() {
 
     let (read, end) = drain(&mut stalled).await;
     let status = end.expect_err("an idle List ends with an error, not as if complete");
-    assert_eq!(status.code(), tonic::Code::Aborted, "{status:?}");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
     assert!(
         status.message().contains("--list-idle-timeout"),
         "{status:?}"

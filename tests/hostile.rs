@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -27,20 +26,6 @@ fn rss(pid: u32) -> u64 {
     kb * 1024
 }
 
-fn spawn_datanode(dir: &Path, i: usize) -> Proc {
-    let name = format!("datanode{i}");
-    let data = format!("d{i}");
-    let args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--name",
-        &name,
-        "--data-dir",
-        &data,
-    ];
-    Proc::spawn("datanode", &args, dir, &format!("{name}.err"))
-}
-
 async fn channel(url: &str) -> Channel {
     registro::config::endpoint(url, Duration::from_secs(2))
         .unwrap()
@@ -54,7 +39,9 @@ async fn channel(url: &str) -> Channel {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn honest_stores_are_served_through_a_hostile_mix() {
     let dir = tempfile::tempdir().unwrap();
-    let datanodes: Vec<Proc> = (1..=3).map(|i| spawn_datanode(dir.path(), i)).collect();
+    let datanodes: Vec<Proc> = (1..=3)
+        .map(|i| spawn_datanode(dir.path(), i, "127.0.0.1:0", &[]))
+        .collect();
     let addrs: Vec<String> = datanodes.iter().map(|d| d.addr.clone()).collect();
     let list = addrs.join(",");
     let headnode = Proc::spawn(

@@ -478,3 +478,12 @@ pub fn with_mount_privileges(test: &str) -> bool {
     );
     false
 }
+
+/// A `datanode` process called `datanode{i}` with its data in `dir/d{i}`, listening on `listen`.
+pub fn spawn_datanode(dir: &Path, i: usize, listen: &str, extra: &[&str]) -> Proc {
+    let name = format!("datanode{i}");
+    let data = format!("d{i}");
+    let mut args = vec!["--listen", listen, "--name", &name, "--data-dir", &data];
+    args.extend_from_slice(extra);
+    Proc::spawn("datanode", &args, dir, &format!("{name}.err"))
+}
