@@ -165,6 +165,13 @@ impl ObservedCluster {
         cluster.wait_status("every datanode SERVING", |rows| {
             rows.len() == 3 && rows.iter().all(|(_, s)| s == "SERVING")
         });
+        // Past the headnode's warm-up, so the first Store is not UNAVAILABLE.
+        let url = cluster.headnode.url();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(wait_ready(&url));
         cluster
     }
 

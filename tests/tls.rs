@@ -148,6 +148,17 @@ impl TlsCluster {
             (s.len() == 1 && s[0].address == expected && s[0].status == "SERVING").then_some(())
         })
         .await;
+        eventually("the headnode ready (warm-up over)", || async {
+            let channel = channel(&addr, Some(&cluster.client)).await.ok()?;
+            let reply = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: "registro.v1.Store".into(),
+                })
+                .await
+                .ok()?;
+            (reply.into_inner().status() == ServingStatus::Serving).then_some(())
+        })
+        .await;
         cluster
     }
 
@@ -502,14 +513,19 @@ impl Binaries {
         };
         let env = cluster.client_env();
         let start = std::time::Instant::now();
+        // Ready: datanode1 SERVING and the headnode's warm-up over (Store health SERVING).
         loop {
-            let out = client(&cluster.headnode.addr, &env, &["status"]);
-            if text(&out.stdout).contains("SERVING") {
+            let out = client(
+                &cluster.headnode.addr,
+                &env,
+                &["health", "--service", "registro.v1.Store"],
+            );
+            if out.status.success() {
                 break;
             }
             assert!(
                 start.elapsed() < DEADLINE,
-                "datanode1 never SERVING: {}{}\n{}",
+                "the headnode never ready with datanode1: {}{}\n{}",
                 text(&out.stdout),
                 text(&out.stderr),
                 cluster.headnode.log_text()
