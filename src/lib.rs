@@ -1,7 +1,8 @@
 //! registro — a small distributed message store.
 //!
-//! A client sends text messages over gRPC to the **headnode**, which forwards each one to a
-//! datanode chosen uniformly at random among the healthy ones. The **datanode** appends it to its
+//! A client sends text messages over gRPC to the **headnode**, which forwards each one to the
+//! first healthy datanode of its request id's placement order (rendezvous hashing: uniform over
+//! random ids, the same on every headnode for a repeated one). The **datanode** appends it to its
 //! data file, syncs it and answers; only then does the client get its receipt. The headnode
 //! probes every datanode with the standard gRPC health protocol and writes a heartbeat log.
 //!
