@@ -22,7 +22,6 @@
 //! **Reading** ([`DataFile::cursor`]) sees the records that were durable when it started, a
 //! chunk at a time, so a slow reader holds a small buffer and no thread.
 
-use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -141,9 +140,6 @@ pub enum AppendError {
 pub struct Loaded {
     /// Complete records in the file.
     pub count: u64,
-    /// The most recent records that carry a request id, oldest first (at most the `recent`
-    /// asked of [`DataFile::open`]), to rebuild the idempotency map.
-    pub recent_with_request_id: Vec<Record>,
     /// Bytes of a torn tail that were moved out of the file.
     pub truncated_bytes: u64,
     /// Where those bytes went (`messages.jsonl.corrupt-<time>`), if there were any.
@@ -176,16 +172,22 @@ pub struct DataFile {
 
 impl DataFile {
     /// Opens (creating if needed) `<dir>/messages.jsonl`, moves a torn tail aside, and starts
-    /// the writer thread. `recent` bounds [`Loaded::recent_with_request_id`].
-    pub fn open(dir: &Path, fsync: Fsync, recent: usize) -> Result<(Self, Loaded), OpenError> {
-        Self::open_with(dir, fsync, recent, |file| file)
+    /// the writer thread. `each` sees every complete record, oldest first, as the file is read
+    /// (the datanode rebuilds its idempotency map from them, within its own bounds, so opening
+    /// holds no more than one record at a time). Blocking: call it off the async runtime.
+    pub fn open(
+        dir: &Path,
+        fsync: Fsync,
+        each: impl FnMut(Record),
+    ) -> Result<(Self, Loaded), OpenError> {
+        Self::open_with(dir, fsync, each, |file| file)
     }
 
     /// [`Self::open`], with the writer's file wrapped by `storage` (tests make it fail).
     fn open_with<S: Storage>(
         dir: &Path,
         fsync: Fsync,
-        recent: usize,
+        each: impl FnMut(Record),
         storage: impl FnOnce(File) -> S,
     ) -> Result<(Self, Loaded), OpenError> {
         let dir_err = |source| OpenError::Dir {
@@ -209,7 +211,7 @@ impl DataFile {
             // Make the new file's name durable too.
             sync_dir(dir).map_err(dir_err)?;
         }
-        let (mut loaded, good_len) = scan(&mut file, &path, recent)?;
+        let (mut loaded, good_len) = scan(&mut file, &path, each)?;
         if loaded.truncated_bytes > 0 {
             let side = move_tail_aside(&mut file, dir, good_len).map_err(|(side, source)| {
                 OpenError::SideFile {
@@ -426,7 +428,11 @@ fn move_tail_aside(
 }
 
 /// Reads every line, checks it, and returns what was found and the length of the good prefix.
-fn scan(file: &mut File, path: &Path, recent: usize) -> Result<(Loaded, u64), OpenError> {
+fn scan(
+    file: &mut File,
+    path: &Path,
+    mut each: impl FnMut(Record),
+) -> Result<(Loaded, u64), OpenError> {
     let file_err = |source| OpenError::File {
         path: path.to_path_buf(),
         source,
@@ -434,7 +440,6 @@ fn scan(file: &mut File, path: &Path, recent: usize) -> Result<(Loaded, u64), Op
     file.seek(SeekFrom::Start(0)).map_err(file_err)?;
     let mut reader = BufReader::new(&*file);
     let mut loaded = Loaded::default();
-    let mut recent_records = VecDeque::new();
     let mut offset = 0u64;
     let mut good_len = 0u64;
     // The line number of the first bad line, once one is seen.
@@ -463,19 +468,13 @@ fn scan(file: &mut File, path: &Path, recent: usize) -> Result<(Loaded, u64), Op
             (Some(record), None) => {
                 good_len = offset;
                 loaded.count += 1;
-                if !record.request_id.is_empty() && recent > 0 {
-                    if recent_records.len() == recent {
-                        recent_records.pop_front();
-                    }
-                    recent_records.push_back(record);
-                }
+                each(record);
             }
             (None, None) => first_bad = Some(line_no),
             (None, Some(_)) => {}
         }
     }
     loaded.truncated_bytes = offset - good_len;
-    loaded.recent_with_request_id = recent_records.into();
     Ok((loaded, good_len))
 }
 
@@ -791,11 +790,11 @@ pub(crate) mod tests {
     /// Opens `dir`'s data file with its writer's operations under `faults`' control.
     pub(crate) fn open_faulty(dir: &Path, faults: &Arc<Mutex<Faults>>) -> (DataFile, Loaded) {
         let faults = faults.clone();
-        DataFile::open_with(dir, Fsync::Always, 100, |file| Faulty { file, faults }).unwrap()
+        DataFile::open_with(dir, Fsync::Always, |_| {}, |file| Faulty { file, faults }).unwrap()
     }
 
     fn open(dir: &Path) -> (DataFile, Loaded) {
-        DataFile::open(dir, Fsync::Always, 100).unwrap()
+        DataFile::open(dir, Fsync::Always, |_| {}).unwrap()
     }
 
     fn read_all(file: &DataFile) -> Vec<Record> {
@@ -835,9 +834,10 @@ pub(crate) mod tests {
         assert_eq!(text.lines().count(), 2);
 
         drop(file);
-        let (again, loaded) = open(dir.path());
+        let mut seen = Vec::new();
+        let (again, loaded) = DataFile::open(dir.path(), Fsync::Always, |r| seen.push(r)).unwrap();
         assert_eq!(loaded.count, 2);
-        assert_eq!(loaded.recent_with_request_id, vec![a.clone()]);
+        assert_eq!(seen, vec![a.clone(), b.clone()]);
         assert_eq!(read_all(&again)[0].message, odd);
     }
 
@@ -1056,7 +1056,7 @@ pub(crate) mod tests {
             r#"{"id":"a","stored_at":"2026-01-01T00:00:00.000Z","message":"m","request_id":""}"#;
         let text = format!("{valid}\ngarbage\n{valid}\n");
         std::fs::write(&path, &text).unwrap();
-        match DataFile::open(dir.path(), Fsync::Always, 10) {
+        match DataFile::open(dir.path(), Fsync::Always, |_| {}) {
             Err(OpenError::Corrupt { line, .. }) => assert_eq!(line, 2),
             other => panic!("expected Corrupt, got {:?}", other.map(|_| ())),
         }
@@ -1096,7 +1096,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let not_a_dir = dir.path().join("file");
         std::fs::write(&not_a_dir, "x").unwrap();
-        let err = DataFile::open(&not_a_dir.join("data"), Fsync::Always, 10)
+        let err = DataFile::open(&not_a_dir.join("data"), Fsync::Always, |_| {})
             .err()
             .unwrap();
         assert!(

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::dedupe::Dedupe;
 use crate::metrics::{GrpcLayer, GrpcMetrics, MetricsListener};
 use crate::pb;
 use crate::server::{self, Health};
@@ -102,6 +103,8 @@ pub enum Error {
     Advertise(String),
     #[error("{0}")]
     Metrics(std::io::Error),
+    #[error("{0}")]
+    Startup(String),
 }
 
 /// Runs a datanode on `listener` until `shutdown` resolves, then shuts down gracefully and syncs
@@ -111,8 +114,21 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let (file, loaded) = DataFile::open(&config.data_dir, config.fsync, config.dedupe.entries)?;
-    run(listener, config, file, loaded, shutdown).await
+    // The idempotency map is rebuilt as the file is read, within its own bounds; reading the
+    // whole file is blocking work, so it runs off the async runtime.
+    let dedupe = Dedupe::new(config.dedupe);
+    let (dir, fsync, name, map) = (
+        config.data_dir.clone(),
+        config.fsync,
+        config.name.clone(),
+        dedupe.clone(),
+    );
+    let (file, loaded) = tokio::task::spawn_blocking(move || {
+        DataFile::open(&dir, fsync, |record| store::remember(&map, &name, &record))
+    })
+    .await
+    .map_err(|e| Error::Startup(format!("opening the data file failed: {e}")))??;
+    run(listener, config, file, loaded, dedupe, shutdown).await
 }
 
 /// [`serve`] with the data file already open.
@@ -121,6 +137,7 @@ async fn run(
     config: Config,
     file: DataFile,
     loaded: data_file::Loaded,
+    dedupe: Dedupe<pb::StoreReply>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let local = listener.local_addr().map_err(Error::Listener)?;
@@ -145,7 +162,7 @@ async fn run(
 
     let (health, health_service) =
         Health::new(&[crate::STORE_SERVICE, crate::DATANODE_SERVICE]).await;
-    let store = store::StoreService::new(&config, file.clone(), &loaded);
+    let store = store::StoreService::new(&config, file.clone(), dedupe);
     if let Some(tls) = &config.tls {
         tls.log_identity(crate::tls::Role::Datanode);
     }
@@ -309,6 +326,7 @@ mod tests {
             Config::new("d", dir.path()),
             file,
             loaded,
+            Dedupe::new(crate::dedupe::Limits::default()),
             async {
                 let _ = stopped.await;
             },

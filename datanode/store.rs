@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::Config;
-use super::data_file::{Append, AppendError, Cursor, DataFile, Loaded, Record, Stamp};
+use super::data_file::{Append, AppendError, Cursor, DataFile, Record, Stamp};
 use crate::dedupe::{self, Claim, Dedupe, Outcome, Ticket};
 use crate::pb::{
     self, ListRequest, StoreBatchReply, StoreBatchRequest, StoreReply, StoreRequest, StoreResult,
@@ -87,19 +87,14 @@ pub struct StoreService {
     max_lists: usize,
     /// How long a List waits for its reader to take a message before it ends the stream.
     list_idle_timeout: Duration,
+    /// Store batches running now, whether or not their callers still wait.
+    running: crate::limits::Running,
 }
 
 impl StoreService {
-    /// A service over `file`, remembering the request ids that `loaded` found in it.
-    pub fn new(config: &Config, file: DataFile, loaded: &Loaded) -> Self {
-        let dedupe = Dedupe::new(config.dedupe);
-        for record in &loaded.recent_with_request_id {
-            dedupe.remember(
-                &record.request_id,
-                &record.message,
-                reply(&config.name, record),
-            );
-        }
+    /// A service over `file`, with `dedupe` already holding the request ids the file had (see
+    /// [`remember`]).
+    pub fn new(config: &Config, file: DataFile, dedupe: Dedupe<StoreReply>) -> Self {
         Self {
             name: config.name.as_str().into(),
             file,
@@ -108,7 +103,16 @@ impl StoreService {
             lists: Arc::new(Semaphore::new(config.max_lists)),
             max_lists: config.max_lists,
             list_idle_timeout: config.list_idle_timeout,
+            running: crate::limits::Running::new(config.limits.max_in_flight),
         }
+    }
+}
+
+/// Remembers a record read back from the data file in `dedupe`, as if it had just been stored
+/// (a record without a request id has nothing to remember).
+pub fn remember(dedupe: &Dedupe<StoreReply>, datanode: &str, record: &Record) {
+    if !record.request_id.is_empty() {
+        dedupe.remember(&record.request_id, &record.message, reply(datanode, record));
     }
 }
 
@@ -145,8 +149,16 @@ impl StoreService {
     /// leave a record stored but unknown to the idempotency map.
     async fn store_valid(&self, appends: Vec<Append>) -> Vec<StoreOutcome> {
         let n = appends.len();
+        let slot = match self.running.try_start() {
+            Ok(slot) => slot,
+            Err(status) => return vec![Err(status); n],
+        };
         let (dedupe, file, name) = (self.dedupe.clone(), self.file.clone(), self.name.clone());
-        match tokio::spawn(async move { store_batch(&dedupe, &file, &name, appends).await }).await {
+        let stored = tokio::spawn(async move {
+            let _slot = slot;
+            store_batch(&dedupe, &file, &name, appends).await
+        });
+        match stored.await {
             Ok(outcomes) => outcomes,
             Err(e) => {
                 let status = Status::internal(format!("store task failed: {e}"));
@@ -537,7 +549,7 @@ mod tests {
     #[tokio::test]
     async fn a_key_repeated_inside_one_batch_is_stored_once() {
         let dir = tempfile::tempdir().unwrap();
-        let (file, _) = DataFile::open(dir.path(), Fsync::Always, 10).unwrap();
+        let (file, _) = DataFile::open(dir.path(), Fsync::Always, |_| {}).unwrap();
         let dedupe = Dedupe::new(Limits::default());
         let outcomes = store_batch(
             &dedupe,
@@ -571,7 +583,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_busy_key_waits_without_holding_back_the_rest_of_the_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let (file, _) = DataFile::open(dir.path(), Fsync::Always, 10).unwrap();
+        let (file, _) = DataFile::open(dir.path(), Fsync::Always, |_| {}).unwrap();
         let dedupe = Dedupe::new(Limits::default());
         let Claim::Fresh(ticket) = dedupe.claim("busy", "m").await else {
             panic!("a new key is fresh");
@@ -613,7 +625,7 @@ mod tests {
     #[tokio::test]
     async fn a_busy_key_whose_store_failed_is_stored_by_the_waiting_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let (file, _) = DataFile::open(dir.path(), Fsync::Always, 10).unwrap();
+        let (file, _) = DataFile::open(dir.path(), Fsync::Always, |_| {}).unwrap();
         let dedupe = Dedupe::new(Limits::default());
         let Claim::Fresh(ticket) = dedupe.claim("k", "m").await else {
             panic!("a new key is fresh");

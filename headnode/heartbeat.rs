@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::pool::{Pool, Registration};
+use super::pool::{Pool, RegisterError, Registration};
 use super::probe;
 use crate::logfile::LogFile;
 use crate::pb::{self, DatanodeStatus, RegisterReply, RegisterRequest, StatusReply, StatusRequest};
@@ -71,10 +71,10 @@ impl pb::heartbeat_server::Heartbeat for HeartbeatService {
         let RegisterRequest { name, address } = request.into_inner();
         check_name(&name)?;
         check_address(&address)?;
-        let (outcome, node) = self
-            .pool
-            .register(&name, &address)
-            .map_err(|e| Status::invalid_argument(format!("invalid address: {e}")))?;
+        let (outcome, node) = self.pool.register(&name, &address).map_err(|e| match e {
+            RegisterError::Address(_) => Status::invalid_argument(e.to_string()),
+            RegisterError::Full => Status::resource_exhausted(e.to_string()),
+        })?;
         match &outcome {
             Registration::Known => {}
             Registration::Added => {

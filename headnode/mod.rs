@@ -173,6 +173,7 @@ pub async fn serve(
         config.max_message_bytes,
         config.lists,
         warm.clone(),
+        crate::limits::Running::new(config.limits.max_in_flight),
     );
     let heartbeat = heartbeat::HeartbeatService::new(
         pool.clone(),

@@ -251,6 +251,18 @@ pub struct Pool {
     recent: Mutex<VecDeque<Transition>>,
 }
 
+/// Datanodes a pool holds at most; a Register for one more is refused.
+pub const MAX_MEMBERS: usize = 1024;
+
+/// Why a Register was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("invalid address: {0}")]
+    Address(String),
+    #[error("the pool is full: {MAX_MEMBERS} datanodes")]
+    Full,
+}
+
 /// How the headnode connects to every datanode.
 struct Dialing {
     connect_timeout: Duration,
@@ -305,19 +317,22 @@ impl Pool {
         &self,
         name: &str,
         address: &str,
-    ) -> Result<(Registration, Arc<Datanode>), String> {
+    ) -> Result<(Registration, Arc<Datanode>), RegisterError> {
         let mut members = self.write();
         if let Some(existing) = members.get(name)
             && existing.address == address
         {
             return Ok((Registration::Known, existing.clone()));
         }
-        let node = Arc::new(Datanode::new(
-            name.to_string(),
-            address.to_string(),
-            true,
-            &self.dialing,
-        )?);
+        // Every member costs connections, a batcher and a probe each round: a pool cannot grow
+        // without bound, whoever registers (without TLS, anyone can).
+        if !members.contains_key(name) && members.len() >= MAX_MEMBERS {
+            return Err(RegisterError::Full);
+        }
+        let node = Arc::new(
+            Datanode::new(name.to_string(), address.to_string(), true, &self.dialing)
+                .map_err(RegisterError::Address)?,
+        );
         let outcome = match members.insert(name.to_string(), node.clone()) {
             Some(old) => Registration::Moved {
                 from: old.address.clone(),
@@ -548,6 +563,22 @@ mod tests {
         );
         assert_eq!(p.get("datanode1").unwrap().address, "127.0.0.1:7001");
         assert!(p.register("bad", "no-port").is_err());
+    }
+
+    /// A pool holds at most MAX_MEMBERS datanodes: one more name is refused (whoever registers
+    /// it), while a member that is already in may register again, from any address.
+    #[tokio::test]
+    async fn the_pool_cannot_grow_past_its_bound() {
+        let p = pool();
+        for i in 0..MAX_MEMBERS {
+            p.register(&format!("d{i}"), "127.0.0.1:6001").unwrap();
+        }
+        assert!(matches!(
+            p.register("one-more", "127.0.0.1:6001"),
+            Err(RegisterError::Full)
+        ));
+        assert_eq!(p.members().len(), MAX_MEMBERS);
+        assert!(p.register("d0", "127.0.0.1:7001").is_ok());
     }
 
     /// Each change of liveness is counted by where it went and kept among the recent

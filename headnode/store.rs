@@ -74,6 +74,8 @@ impl Default for ListLimits {
 
 /// The headnode's Store service.
 pub struct StoreService {
+    /// Stores running now, whether or not their callers still wait.
+    running: crate::limits::Running,
     forwarder: Arc<Forwarder>,
     pool: Arc<Pool>,
     max_message_bytes: usize,
@@ -101,8 +103,10 @@ impl StoreService {
         max_message_bytes: usize,
         list_limits: ListLimits,
         warm: tokio::sync::watch::Receiver<bool>,
+        running: crate::limits::Running,
     ) -> Self {
         Self {
+            running,
             forwarder: Arc::new(Forwarder {
                 pool: pool.clone(),
                 registro_log,
@@ -266,9 +270,13 @@ impl pb::store_server::Store for StoreService {
         // its reply is remembered for the client's retry and no forward is cut off midway.
         let forwarder = self.forwarder.clone();
         let key = request_id.clone();
-        let outcome = tokio::spawn(async move { forwarder.store(message, key, caller).await })
-            .await
-            .map_err(|e| Status::internal(format!("store task failed: {e}")))?;
+        let slot = self.running.try_start()?;
+        let outcome = tokio::spawn(async move {
+            let _slot = slot;
+            forwarder.store(message, key, caller).await
+        })
+        .await
+        .map_err(|e| Status::internal(format!("store task failed: {e}")))?;
         match outcome {
             Ok(Outcome::Fresh(reply)) => {
                 tracing::debug!(id = %field(&reply.id), datanode = %field(&reply.datanode), "stored");

@@ -16,7 +16,8 @@
 //! - **Requests in flight**: at most [`Limits::max_in_flight`] requests (streams until their
 //!   response ends) across all connections; one over it is answered RESOURCE_EXHAUSTED at once
 //!   (load shedding) instead of queueing without bound. Health checks are exempt: a busy server
-//!   is not a dead one, and probes must keep saying so.
+//!   is not a dead one, and probes must keep saying so. A Store that runs on after its caller went
+//!   away holds a [`Running`] slot until it ends, so resets cannot pile work up either.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -503,5 +504,53 @@ impl http_body::Body for BusyBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// Stores that run on after their caller went away (they finish so that their reply is
+/// remembered for a retry) are bounded too: a client that sends and resets streams as fast as it
+/// can cannot pile up work past [`Limits::max_in_flight`] of them.
+#[derive(Clone)]
+pub struct Running {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Running {
+    /// At most `max` at once.
+    pub fn new(max: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(max.max(1))),
+            max: max.max(1),
+        }
+    }
+
+    /// A slot for one more, held until the work ends; RESOURCE_EXHAUSTED when none is free.
+    pub fn try_start(&self) -> Result<OwnedSemaphorePermit, tonic::Status> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            tonic::Status::resource_exhausted(format!(
+                "server busy: {} Stores still running (--max-in-flight); retry shortly",
+                self.max
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Work left running is bounded: past the bound RESOURCE_EXHAUSTED, and a slot frees when
+    /// its work ends.
+    #[test]
+    fn running_work_is_bounded_and_slots_come_back() {
+        let running = Running::new(2);
+        let a = running.try_start().unwrap();
+        let _b = running.try_start().unwrap();
+        let refused = running.try_start().unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("--max-in-flight"));
+        drop(a);
+        assert!(running.try_start().is_ok());
     }
 }
