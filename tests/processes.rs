@@ -172,9 +172,13 @@ fn client_send_status_and_list_through_the_headnode() {
             "Message 'Mensaje de prueba' stored on datanode1."
         ]
     );
-    let registro_log = std::fs::read_to_string(dir.path().join("registro.log")).unwrap();
+    // The log's writer thread flushes a moment after the replies: poll for it.
+    let registro_log = poll_until("three registro-log lines", || {
+        std::fs::read_to_string(dir.path().join("registro.log"))
+            .ok()
+            .filter(|log| log.lines().count() == 3)
+    });
     let records = records_in(&dir.path().join("d1"));
-    assert_eq!(registro_log.lines().count(), 3);
     for (line, record) in registro_log.lines().zip(&records) {
         let fields: Vec<_> = line.splitn(4, ' ').collect();
         assert_eq!(fields[1], record.id);

@@ -487,3 +487,19 @@ pub fn spawn_datanode(dir: &Path, i: usize, listen: &str, extra: &[&str]) -> Pro
     args.extend_from_slice(extra);
     Proc::spawn("datanode", &args, dir, &format!("{name}.err"))
 }
+
+/// [`eventually`] for tests without a runtime: polls `check` every 20 ms until it returns
+/// `Some`, failing the test after `DEADLINE`.
+pub fn poll_until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
