@@ -19,6 +19,10 @@ struct Args {
     /// Datanodes known from the start, comma-separated host:port; others join by registering.
     #[arg(long, env = "REGISTRO_DATANODES", value_delimiter = ',')]
     datanodes: Vec<String>,
+    /// Datanodes that hold each message: a Store goes to the first this many healthy datanodes of
+    /// its placement order in parallel and is acknowledged once all of them have it durably.
+    #[arg(long, env = "REGISTRO_REPLICAS", default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16))]
+    replicas: usize,
     /// How often every datanode is probed (sooner, backing off from 100 ms, while none is SERVING).
     #[arg(long, env = "REGISTRO_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     heartbeat_interval: Duration,
@@ -69,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
             .into_iter()
             .filter(|d| !d.trim().is_empty())
             .collect(),
+        replicas: args.replicas,
         heartbeat_interval: args.heartbeat_interval,
         heartbeat_timeout: args.heartbeat_timeout,
         heartbeat_log: args.heartbeat_log,

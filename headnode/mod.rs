@@ -46,6 +46,9 @@ use pool::Pool;
 pub struct Config {
     /// Datanodes known from the start (host:port); others join by registering.
     pub datanodes: Vec<String>,
+    /// Datanodes that hold each message (`--replicas`, at least 1): a Store is acknowledged once
+    /// this many have it durably.
+    pub replicas: usize,
     pub heartbeat_interval: Duration,
     /// Deadline of one health probe.
     pub heartbeat_timeout: Duration,
@@ -76,6 +79,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             datanodes: Vec::new(),
+            replicas: 1,
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_millis(500),
             heartbeat_log: "heartbeat.log".into(),
@@ -222,7 +226,8 @@ pub async fn serve(
             stop,
         )
     });
-    followers.spawn(|stop| follow_readiness(pool.clone(), warm, health.clone(), stop));
+    let replicas = config.replicas;
+    followers.spawn(|stop| follow_readiness(pool.clone(), replicas, warm, health.clone(), stop));
     // The plaintext health port and the metrics port outlive the drain, so probes see
     // NOT_SERVING rather than a refused connection while requests finish.
     let mut ports = server::Followers::new();
@@ -288,10 +293,11 @@ async fn observability(
     Ok((grpc, listener))
 }
 
-/// Keeps `registro.v1.Store` SERVING exactly while the headnode has warmed up and at least one
-/// datanode is SERVING, until `stop`.
+/// Keeps `registro.v1.Store` SERVING exactly while the headnode has warmed up and at least
+/// `replicas` datanodes are SERVING, until `stop`.
 async fn follow_readiness(
     pool: Arc<Pool>,
+    replicas: usize,
     mut warm: tokio::sync::watch::Receiver<bool>,
     health: Health,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -300,7 +306,9 @@ async fn follow_readiness(
     loop {
         let count = *serving.borrow_and_update();
         let warmed = *warm.borrow_and_update();
-        health.set(crate::STORE_SERVICE, warmed && count > 0).await;
+        health
+            .set(crate::STORE_SERVICE, warmed && count >= replicas.max(1))
+            .await;
         tokio::select! {
             changed = serving.changed() => if changed.is_err() { return },
             // Warm-up only ever turns true; once it has, its sender may go.
@@ -354,7 +362,9 @@ mod tests {
         let node = pool.get("127.0.0.1:1").unwrap();
         let (_warm_tx, warm) = tokio::sync::watch::channel(true);
         let mut followers = server::Followers::new();
-        followers.spawn(|stop| follow_readiness(pool.clone(), warm, health.clone(), stop));
+        let replicas = config.replicas;
+        followers
+            .spawn(|stop| follow_readiness(pool.clone(), replicas, warm, health.clone(), stop));
         pool.record_probe(&node, &ProbeResult::Serving(Duration::ZERO));
         let mut serving = false;
         for _ in 0..200 {
