@@ -111,8 +111,33 @@ impl StoreService {
 /// Remembers a record read back from the data file in `dedupe`, as if it had just been stored
 /// (a record without a request id has nothing to remember).
 pub fn remember(dedupe: &Dedupe<StoreReply>, datanode: &str, record: &Record) {
-    if !record.request_id.is_empty() {
-        dedupe.remember(&record.request_id, &record.message, reply(datanode, record));
+    let key = if record.request_id.is_empty() {
+        id_key(&record.id)
+    } else {
+        record.request_id.clone()
+    };
+    dedupe.remember(&key, &record.message, reply(datanode, record));
+}
+
+/// The idempotency key of a record without a request id: its id, behind a prefix with a space
+/// (which no request id may hold), so it never meets a client's key.
+///
+/// A headnode's record without a request id is placed by its id, so a copy of it may arrive
+/// twice: Repair copying it while the headnode's own forward of it lands, or a forward retried
+/// after a timeout. Keyed by its id, the second is answered with the first reply and adds no
+/// line. The price: such records take entries of the idempotency map (bounded as ever), so
+/// under many of them a client's request id is forgotten sooner.
+fn id_key(id: &str) -> String {
+    format!("id {id}")
+}
+
+/// What a batched append is deduplicated by: its request id, or for a record a headnode stamped
+/// without one, its id ([`id_key`]); a message sent to this datanode directly without a request
+/// id has none (the datanode makes its id).
+fn dedupe_key(append: &Append) -> String {
+    match &append.stamp {
+        Some(stamp) if append.request_id.is_empty() => id_key(&stamp.id),
+        _ => append.request_id.clone(),
     }
 }
 
@@ -200,7 +225,7 @@ impl StoreService {
                 Err(status) => results.push(Some(logged(Err(status), ""))),
             }
         }
-        let keys: Vec<String> = appends.iter().map(|a| a.request_id.clone()).collect();
+        let keys: Vec<String> = appends.iter().map(dedupe_key).collect();
         let outcomes = self.store_valid(appends).await;
         for ((i, key), outcome) in valid.into_iter().zip(keys).zip(outcomes) {
             results[i] = Some(logged(outcome, &key));
@@ -235,7 +260,8 @@ async fn store_batch(
     // Keys another call is storing: (position in the batch, the message).
     let mut busy: Vec<(usize, Append)> = Vec::new();
     for (i, append) in appends.into_iter().enumerate() {
-        if let Some(&first) = claimed.get(&append.request_id) {
+        let key = dedupe_key(&append);
+        if let Some(&first) = claimed.get(&key) {
             if fresh_appends[first].message == append.message {
                 copies.push((i, first));
             } else {
@@ -243,10 +269,10 @@ async fn store_batch(
             }
             continue;
         }
-        match dedupe.try_claim(&append.request_id, &append.message) {
+        match dedupe.try_claim(&key, &append.message) {
             Some(Claim::Fresh(ticket)) => {
-                if !append.request_id.is_empty() {
-                    claimed.insert(append.request_id.clone(), fresh.len());
+                if !key.is_empty() {
+                    claimed.insert(key, fresh.len());
                 }
                 fresh.push((i, ticket));
                 fresh_appends.push(append);
@@ -309,7 +335,7 @@ async fn store_after_wait(
     name: &str,
     append: Append,
 ) -> StoreOutcome {
-    match dedupe.claim(&append.request_id, &append.message).await {
+    match dedupe.claim(&dedupe_key(&append), &append.message).await {
         Claim::Repeat(reply) => Ok(Outcome::Repeat(reply)),
         Claim::Conflict => Ok(Outcome::Conflict),
         Claim::Fresh(ticket) => {
@@ -327,7 +353,7 @@ async fn store_after_wait(
 }
 
 /// Logs what a Store did (each side of the message path logs every message) and returns the
-/// reply.
+/// reply; `request_id` is the key it was deduplicated by ([`dedupe_key`]).
 fn logged(outcome: StoreOutcome, request_id: &str) -> Result<StoreReply, Status> {
     match outcome {
         Ok(Outcome::Fresh(reply)) => {
@@ -338,7 +364,12 @@ fn logged(outcome: StoreOutcome, request_id: &str) -> Result<StoreReply, Status>
             tracing::info!(id = %reply.id, request_id = %request_id, "repeated request id: first reply returned, nothing stored");
             Ok(reply)
         }
-        Ok(Outcome::Conflict) => Err(dedupe::conflict(request_id)),
+        Ok(Outcome::Conflict) => match request_id.strip_prefix("id ") {
+            Some(id) => Err(Status::already_exists(format!(
+                "a record with id {id:?} and a different message is already stored here; an id names one message"
+            ))),
+            None => Err(dedupe::conflict(request_id)),
+        },
         Err(status) => {
             tracing::warn!(code = ?status.code(), error = %status.message(), "store failed");
             Err(status)
@@ -576,6 +607,55 @@ mod tests {
         let again = store_batch(&dedupe, &file, "d", batch(&[("one", "k1")])).await;
         assert_eq!(ok(&again[0]), &Outcome::Repeat(first));
         assert_eq!(messages_in(&file).len(), 3);
+    }
+
+    /// A record a headnode stamped without a request id is deduplicated by its id: a second
+    /// copy (Repair's, racing the headnode's forward) gets the first reply and adds no line; the
+    /// same id with another message is ALREADY_EXISTS. A direct Store without a key still stores
+    /// every time.
+    #[tokio::test]
+    async fn a_stamped_record_without_a_request_id_is_stored_once_per_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, _) = DataFile::open(dir.path(), Fsync::Always, |_| {}).unwrap();
+        let dedupe = Dedupe::new(Limits::default());
+        let stamped = |message: &str, id: &str| Append {
+            message: message.to_string(),
+            request_id: String::new(),
+            stamp: Some(Stamp {
+                id: id.to_string(),
+                stored_at: "2026-11-24T10:00:00.000Z".to_string(),
+            }),
+        };
+        let first = store_batch(&dedupe, &file, "d", vec![stamped("m", "id-1")]).await;
+        let reply = fresh(&first[0]).clone();
+        let again = store_batch(
+            &dedupe,
+            &file,
+            "d",
+            vec![stamped("m", "id-1"), stamped("other", "id-1"), stamped("m", "id-2")],
+        )
+        .await;
+        assert_eq!(ok(&again[0]), &Outcome::Repeat(reply));
+        assert_eq!(ok(&again[1]), &Outcome::Conflict);
+        fresh(&again[2]);
+        assert_eq!(messages_in(&file), ["m", "m"]);
+        let conflict = logged(again[1].clone(), &dedupe_key(&stamped("other", "id-1")));
+        assert_eq!(conflict.unwrap_err().code(), tonic::Code::AlreadyExists);
+
+        // After a restart the file's records are remembered by id too.
+        let reloaded = Dedupe::new(Limits::default());
+        let mut cursor = file.cursor().unwrap();
+        for record in cursor.next_chunk(usize::MAX, usize::MAX).unwrap() {
+            remember(&reloaded, "d", &record);
+        }
+        let after = store_batch(&reloaded, &file, "d", vec![stamped("m", "id-2")]).await;
+        assert!(matches!(ok(&after[0]), Outcome::Repeat(_)));
+        assert_eq!(messages_in(&file).len(), 2);
+
+        let direct = store_batch(&dedupe, &file, "d", batch(&[("m", ""), ("m", "")])).await;
+        fresh(&direct[0]);
+        fresh(&direct[1]);
+        assert_eq!(messages_in(&file).len(), 4);
     }
 
     /// A key another call is storing right now does not hold back the rest of the batch: the

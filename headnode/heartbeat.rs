@@ -7,8 +7,12 @@ use tonic::{Request, Response, Status};
 
 use super::pool::{Pool, RegisterError, Registration};
 use super::probe;
+use super::repair::Repairer;
 use crate::logfile::LogFile;
-use crate::pb::{self, DatanodeStatus, RegisterReply, RegisterRequest, StatusReply, StatusRequest};
+use crate::pb::{
+    self, DatanodeStatus, RegisterReply, RegisterRequest, RepairReply, RepairRequest, StatusReply,
+    StatusRequest,
+};
 
 /// The Heartbeat service.
 pub struct HeartbeatService {
@@ -17,6 +21,8 @@ pub struct HeartbeatService {
     heartbeat_log: LogFile,
     heartbeat_interval: Duration,
     heartbeat_timeout: Duration,
+    /// Runs `Repair`; without one (a headnode built without it) Repair is UNIMPLEMENTED.
+    repairer: Option<Repairer>,
 }
 
 impl HeartbeatService {
@@ -31,7 +37,14 @@ impl HeartbeatService {
             heartbeat_log,
             heartbeat_interval,
             heartbeat_timeout,
+            repairer: None,
         }
+    }
+
+    /// Serves `Repair` with `repairer`.
+    pub fn with_repair(mut self, repairer: Repairer) -> Self {
+        self.repairer = Some(repairer);
+        self
     }
 }
 
@@ -125,6 +138,22 @@ impl pb::heartbeat_server::Heartbeat for HeartbeatService {
             })
             .collect();
         Ok(Response::new(StatusReply { datanodes }))
+    }
+
+    type RepairStream = tokio_stream::wrappers::ReceiverStream<Result<RepairReply, Status>>;
+
+    async fn repair(
+        &self,
+        _request: Request<RepairRequest>,
+    ) -> Result<Response<Self::RepairStream>, Status> {
+        let repairer = self
+            .repairer
+            .as_ref()
+            .ok_or_else(|| Status::unimplemented("this headnode does not repair"))?;
+        let replies = repairer.start()?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            replies,
+        )))
     }
 }
 

@@ -47,6 +47,10 @@ struct Args {
     /// ends with DEADLINE_EXCEEDED.
     #[arg(long, env = "REGISTRO_LIST_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     list_idle_timeout: Duration,
+    /// Ids one pass of `Repair` keeps in memory at most (about 35 bytes each); a cluster with
+    /// more messages is repaired in several passes, each reading every datanode again.
+    #[arg(long, env = "REGISTRO_REPAIR_IDS_PER_PASS", default_value_t = headnode::repair::DEFAULT_IDS_PER_PASS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(headnode::repair::MIN_IDS_PER_PASS as u64..))]
+    repair_ids_per_pass: usize,
     /// HTTP/2 connections opened to each datanode for forwards, each carrying one batch of
     /// Stores at a time (probes use one more).
     #[arg(long, env = "REGISTRO_DATANODE_CONNECTIONS", default_value_t = DEFAULT_DATANODE_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
@@ -87,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
             max_open: args.max_lists,
             idle_timeout: args.list_idle_timeout,
         },
+        repair_ids_per_pass: args.repair_ids_per_pass,
         shutdown_grace: args.common.shutdown_grace,
         tls,
         health_listener,

@@ -13,7 +13,8 @@
 //! - [`probe`]: the periodic health checks and the heartbeat log.
 //! - [`store`]: forwarding with failover, idempotency, the registro log, List merging.
 //! - [`batch`]: the Stores bound for one datanode, sent together.
-//! - [`heartbeat`]: Register and Status.
+//! - [`heartbeat`]: Register, Status and Repair.
+//! - [`repair`]: copies under-replicated messages onto the next datanodes of their order.
 //! - [`metrics`]: the pool's metrics; [`status_page`]: the HTML page on the metrics port.
 
 pub mod batch;
@@ -23,6 +24,7 @@ pub mod placement;
 pub mod pool;
 pub mod probe;
 pub mod record;
+pub mod repair;
 pub mod status_page;
 pub mod store;
 pub mod warmup;
@@ -66,6 +68,8 @@ pub struct Config {
     pub limits: crate::limits::Limits,
     /// Bounds of List streams.
     pub lists: store::ListLimits,
+    /// Ids one pass of a repair keeps at most (`--repair-ids-per-pass`).
+    pub repair_ids_per_pass: usize,
     pub shutdown_grace: Duration,
     /// Mutual TLS for the listener and every dial to a datanode; `None`: plaintext.
     pub tls: Option<Tls>,
@@ -90,6 +94,7 @@ impl Default for Config {
             dedupe: Default::default(),
             limits: Default::default(),
             lists: Default::default(),
+            repair_ids_per_pass: repair::DEFAULT_IDS_PER_PASS,
             shutdown_grace: Duration::from_secs(5),
             tls: None,
             health_listener: None,
@@ -184,7 +189,18 @@ pub async fn serve(
         heartbeat_log.clone(),
         config.heartbeat_interval,
         config.heartbeat_timeout,
-    );
+    )
+    .with_repair(repair::Repairer::new(
+        pool.clone(),
+        repair::Settings {
+            replicas: config.replicas,
+            ids_per_pass: config.repair_ids_per_pass,
+            tls: config.tls.clone(),
+            connect_timeout: config.heartbeat_timeout,
+            idle_timeout: config.lists.idle_timeout,
+        },
+        warm.clone(),
+    ));
     if let Some(tls) = &config.tls {
         tls.log_identity(crate::tls::Role::Headnode);
     }
