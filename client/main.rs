@@ -3,6 +3,7 @@
 mod bench;
 mod health;
 mod list;
+mod repair;
 mod send;
 mod status;
 mod tls;
@@ -52,6 +53,12 @@ enum Command {
     Health(health::Args),
     /// Load Store with concurrent requests and report throughput, errors and latency percentiles.
     Bench(bench::Args),
+    /// Copy every message held by fewer than --replicas healthy datanodes onto the next ones of
+    /// its placement order, with a progress bar; prints scanned / under-replicated / copied /
+    /// failed. Exit 0 when nothing failed, 5 when some copies failed (run it again), 1 when the
+    /// repair could not run (fewer healthy datanodes than --replicas: UNAVAILABLE; another repair
+    /// running on that headnode: ABORTED) or broke off.
+    Repair(repair::Args),
     /// Make the cluster's certificates for mutual TLS: a CA, then one certificate per process.
     #[command(subcommand)]
     Tls(tls::Command),
@@ -182,6 +189,7 @@ async fn run(addr: &[String], timeout: Duration, command: Command) -> i32 {
         Command::Status => status::run(addr, timeout).await,
         Command::List(l) => list::run(addr, timeout, l).await,
         Command::Bench(b) => bench::run(addr, timeout, b).await,
+        Command::Repair(r) => repair::run(addr, timeout, r).await,
         Command::Tls(_) => unreachable!("handled in main"),
     };
     match result {

@@ -1,0 +1,413 @@
+//! `Heartbeat/Repair` and `client repair` against real processes: under-replicated messages are
+//! copied onto the next datanodes of their placement order until `--replicas` hold them, byte for
+//! byte; a second repair copies nothing; too few healthy datanodes is UNAVAILABLE; grpcurl calls
+//! it; and a headnode scanning datanodes of a million records keeps its memory bounded.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+use registro::datanode::data_file::{FILE_NAME, Record};
+use registro::headnode::placement;
+use registro::pb::heartbeat_client::HeartbeatClient;
+use registro::pb::{RepairReply, RepairRequest};
+
+const NAMES: [&str; 3] = ["datanode1", "datanode2", "datanode3"];
+
+/// Headnodes and three datanodes (named `datanode1`…, registering with every headnode), as real
+/// processes in `dir`.
+struct Cluster {
+    headnodes: Vec<Proc>,
+    datanodes: Vec<Option<Proc>>,
+}
+
+impl Cluster {
+    /// One headnode per entry of `replicas` (its `--replicas`), then the datanodes.
+    fn start(dir: &Path, replicas: &[usize], headnode_extra: &[&str]) -> Self {
+        let headnodes: Vec<Proc> = replicas
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let r = r.to_string();
+                let mut args = vec![
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--replicas",
+                    &r,
+                    "--heartbeat-interval",
+                    "200ms",
+                ];
+                args.extend_from_slice(headnode_extra);
+                let log = format!("headnode{i}.err");
+                let hb = format!("heartbeat{i}.log");
+                let reg = format!("registro{i}.log");
+                args.extend_from_slice(&["--heartbeat-log", &hb, "--registro-log", &reg]);
+                Proc::spawn("headnode", &args, dir, &log)
+            })
+            .collect();
+        let urls = headnodes
+            .iter()
+            .map(Proc::url)
+            .collect::<Vec<_>>()
+            .join(",");
+        let datanodes = (1..=3)
+            .map(|i| Some(spawn_datanode(dir, i, "127.0.0.1:0", &["--headnode", &urls])))
+            .collect();
+        let cluster = Self {
+            headnodes,
+            datanodes,
+        };
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        for h in &cluster.headnodes {
+            cluster.wait_serving(&h.url(), 3);
+            rt.block_on(wait_ready(&h.url()));
+        }
+        cluster
+    }
+
+    fn url(&self, i: usize) -> String {
+        self.headnodes[i].url()
+    }
+
+    fn datanode_url(&self, i: usize) -> String {
+        self.datanodes[i].as_ref().expect("running").url()
+    }
+
+    /// Waits until the headnode at `url` sees exactly `n` datanodes SERVING.
+    fn wait_serving(&self, url: &str, n: usize) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            eventually(&format!("{n} datanodes SERVING on {url}"), || async {
+                let serving = status(url)
+                    .await
+                    .iter()
+                    .filter(|d| d.status == "SERVING")
+                    .count();
+                (serving == n).then_some(())
+            })
+            .await;
+        });
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(p) = self.datanodes[i].take() {
+            p.signal("KILL");
+            drop(p);
+        }
+    }
+}
+
+/// Every line of every data file, by id: (datanode, the line as written).
+fn lines_by_id(dir: &Path) -> BTreeMap<String, Vec<(String, String)>> {
+    let mut by_id: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    for (i, name) in NAMES.iter().enumerate() {
+        let path = dir.join(format!("d{}", i + 1)).join(FILE_NAME);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        for line in text.lines() {
+            let record: Record = serde_json::from_str(line).expect("a record");
+            by_id
+                .entry(record.id)
+                .or_default()
+                .push((name.to_string(), line.to_string()));
+        }
+    }
+    by_id
+}
+
+fn client(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin("client"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run client")
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+/// Calls Repair and collects every reply, or the status it ended with.
+async fn repair(url: &str) -> Result<Vec<RepairReply>, tonic::Status> {
+    let mut client = HeartbeatClient::connect(url.to_string()).await.unwrap();
+    let mut stream = client.repair(RepairRequest {}).await?.into_inner();
+    let mut replies = Vec::new();
+    while let Some(r) = stream.message().await? {
+        replies.push(r);
+    }
+    Ok(replies)
+}
+
+/// Stores `count` messages with request ids and `count` without, straight on `url`.
+async fn store_some(url: &str, prefix: &str, count: usize) {
+    for i in 0..count {
+        store(url, &format!("{prefix} keyed {i} \"quoted\"\n"), &format!("{prefix}-{i}"))
+            .await
+            .unwrap();
+        store(url, &format!("{prefix} keyless {i} 🦀"), "").await.unwrap();
+    }
+}
+
+/// Under-replicated messages (stored straight on one datanode, and through a headnode with
+/// `--replicas 1`) are copied by `client repair` on a `--replicas 2` headnode until exactly two
+/// data files hold each, with byte-identical lines, the copy on the first datanode of the
+/// message's placement order that did not hold it; a second repair copies nothing.
+#[test]
+fn repair_copies_every_under_replicated_message_once_and_a_second_run_copies_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), &[2, 1], &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        store_some(&cluster.datanode_url(0), "direct", 40).await;
+        store_some(&cluster.url(1), "r1", 40).await;
+    });
+    let before = lines_by_id(dir.path());
+    assert_eq!(before.len(), 160);
+    let under = before.values().filter(|l| l.len() < 2).count();
+    assert!(under >= 80, "{under} under-replicated before the repair");
+
+    let out = client(dir.path(), &["--addr", &cluster.url(0), "repair"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client repair: {stdout}{}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(
+            "scanned 160 messages on 3 datanodes in 1 pass ("
+        )) && stdout.contains(&format!("{under} under-replicated, {under} copied, 0 failed")),
+        "{stdout}"
+    );
+
+    let after = lines_by_id(dir.path());
+    assert_eq!(after.len(), 160);
+    for (id, lines) in &after {
+        assert_eq!(lines.len(), 2, "{id}: {lines:?}");
+        assert_eq!(lines[0].1, lines[1].1, "{id}: the copies differ");
+        let held: Vec<&str> = lines.iter().map(|(d, _)| d.as_str()).collect();
+        let was: Vec<&str> = before[id].iter().map(|(d, _)| d.as_str()).collect();
+        if was.len() == 1 {
+            let record: Record = serde_json::from_str(&lines[0].1).unwrap();
+            let key = if record.request_id.is_empty() {
+                &record.id
+            } else {
+                &record.request_id
+            };
+            let first_other = placement::rank(key, &NAMES)
+                .into_iter()
+                .map(|i| NAMES[i])
+                .find(|n| *n != was[0])
+                .unwrap();
+            assert!(held.contains(&first_other), "{id}: {held:?}, order {first_other}");
+        }
+    }
+
+    let again = client(dir.path(), &["--addr", &cluster.url(0), "repair"]);
+    let stdout = text(&again.stdout);
+    assert!(again.status.success(), "{stdout}{}", text(&again.stderr));
+    assert!(
+        stdout.contains("scanned 160 messages") && stdout.contains("0 under-replicated, 0 copied, 0 failed"),
+        "{stdout}"
+    );
+    assert_eq!(lines_by_id(dir.path()), after, "a second repair changed a data file");
+}
+
+/// With one of three datanodes down a repair runs over the other two and names the one left out;
+/// with two down it is UNAVAILABLE at once, saying how many are needed and how many are healthy,
+/// and `client repair` exits non-zero.
+#[test]
+fn repair_skips_a_datanode_that_is_down_and_is_unavailable_below_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(dir.path(), &[2], &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(store_some(&cluster.datanode_url(0), "direct", 20));
+    cluster.kill(2);
+    cluster.wait_serving(&cluster.url(0), 2);
+
+    let replies = rt.block_on(repair(&cluster.url(0))).expect("a repair with 2 of 3");
+    let last = replies.last().unwrap();
+    assert!(last.done, "{last:?}");
+    assert_eq!(last.skipped, ["datanode3"]);
+    assert_eq!((last.scanned, last.under_replicated), (40, 40));
+    assert_eq!((last.copied, last.failed), (40, 0));
+    assert!(replies.len() >= 2, "progress before the end: {replies:?}");
+    for (id, lines) in lines_by_id(dir.path()) {
+        let held: Vec<&str> = lines.iter().map(|(d, _)| d.as_str()).collect();
+        assert_eq!(held, ["datanode1", "datanode2"], "{id}");
+    }
+
+    cluster.kill(1);
+    cluster.wait_serving(&cluster.url(0), 1);
+    let status = rt.block_on(repair(&cluster.url(0))).unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        status
+            .message()
+            .contains("repair needs 2 healthy datanodes (--replicas 2); 1 of 3 are healthy"),
+        "{}",
+        status.message()
+    );
+    let out = client(dir.path(), &["--addr", &cluster.url(0), "repair"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("1 of 3 are healthy"), "{}", text(&out.stderr));
+}
+
+/// grpcurl (through reflection) describes Repair and calls it: every progress message is printed,
+/// the last with `done` and the final counts.
+#[test]
+fn grpcurl_calls_repair_and_prints_every_progress_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(dir.path(), &[2], &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(store_some(&cluster.datanode_url(1), "g", 5));
+    let addr = cluster.headnodes[0].addr.clone();
+    let grpcurl = |args: &[&str]| {
+        let out = Command::new(grpcurl())
+            .arg("-plaintext")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "grpcurl {args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let described = grpcurl(&[&addr, "describe", "registro.v1.Heartbeat"]);
+    assert!(
+        described.contains(
+            "rpc Repair ( .registro.v1.RepairRequest ) returns ( stream .registro.v1.RepairReply )"
+        ),
+        "{described}"
+    );
+    let out = grpcurl(&["-d", "{}", &addr, "registro.v1.Heartbeat/Repair"]);
+    let replies: Vec<serde_json::Value> = serde_json::Deserializer::from_str(&out)
+        .into_iter()
+        .map(|v| v.unwrap())
+        .collect();
+    assert!(replies.len() >= 2, "{out}");
+    let last = replies.last().unwrap();
+    assert_eq!(last["done"], true, "{out}");
+    assert_eq!(last["phase"], "done");
+    // proto3 JSON: uint64 as strings.
+    assert_eq!(last["scanned"], "10", "{out}");
+    assert_eq!(last["copied"], "10", "{out}");
+    assert!(last.get("failed").is_none(), "0 is left out: {out}");
+}
+
+/// The current and peak resident memory of process `pid`, in KiB (VmRSS, VmHWM).
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Records in the test's data files for the memory bound.
+const MANY: usize = 1_000_000;
+/// The headnode's `--repair-ids-per-pass` in that test.
+const BUDGET: usize = 300_000;
+
+/// Two datanodes hold the same million records (written straight into their data files): a
+/// repair reads them in several passes without copying anything, and the headnode's peak
+/// resident memory grows by less than what holding every id at once would take. Meanwhile a
+/// second repair is ABORTED.
+#[test]
+fn a_repair_over_a_million_records_keeps_the_headnode_memory_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let d1 = dir.path().join("d1");
+    std::fs::create_dir_all(&d1).unwrap();
+    {
+        use std::io::Write;
+        let file = std::fs::File::create(d1.join(FILE_NAME)).unwrap();
+        let mut out = std::io::BufWriter::new(file);
+        for i in 0..MANY {
+            let record = Record {
+                id: format!("{:032x}", i as u128 * 0x9e37_79b9_7f4a_7c15),
+                stored_at: "2026-11-24T10:00:00.000Z".into(),
+                message: format!("message {i}"),
+                request_id: if i % 2 == 0 {
+                    format!("req-{i}")
+                } else {
+                    String::new()
+                },
+            };
+            serde_json::to_writer(&mut out, &record).unwrap();
+            out.write_all(b"\n").unwrap();
+        }
+    }
+    let d2 = dir.path().join("d2");
+    std::fs::create_dir_all(&d2).unwrap();
+    std::fs::copy(d1.join(FILE_NAME), d2.join(FILE_NAME)).unwrap();
+
+    let budget = BUDGET.to_string();
+    let head = Proc::spawn(
+        "headnode",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--replicas",
+            "2",
+            "--heartbeat-interval",
+            "200ms",
+            "--repair-ids-per-pass",
+            &budget,
+        ],
+        dir.path(),
+        "headnode.err",
+    );
+    let url = head.url();
+    let _datanodes: Vec<Proc> = (1..=2)
+        .map(|i| spawn_datanode(dir.path(), i, "127.0.0.1:0", &["--headnode", &url]))
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let last = rt.block_on(async {
+        eventually("2 datanodes SERVING", || async {
+            let n = status(&url).await.iter().filter(|d| d.status == "SERVING").count();
+            (n == 2).then_some(())
+        })
+        .await;
+        wait_ready(&url).await;
+        let (rss_before, _) = memory_kib(head.pid());
+
+        let mut client = HeartbeatClient::connect(url.clone()).await.unwrap();
+        let mut stream = client.repair(RepairRequest {}).await.unwrap().into_inner();
+        let first = stream.message().await.unwrap().expect("a first progress reply");
+        assert!(!first.done);
+        let second = repair(&url).await.unwrap_err();
+        assert_eq!(second.code(), tonic::Code::Aborted, "{second:?}");
+        assert!(second.message().contains("already running"), "{}", second.message());
+
+        let mut last = first;
+        while let Some(r) = stream.message().await.unwrap() {
+            last = r;
+        }
+        let (_, peak) = memory_kib(head.pid());
+        (last, rss_before, peak)
+    });
+    let (last, rss_before, peak) = last;
+    assert!(last.done, "{last:?}");
+    assert_eq!(last.scanned, MANY as u64);
+    assert_eq!((last.under_replicated, last.copied, last.failed), (0, 0, 0));
+    assert!(last.passes >= 4, "{MANY} ids over a budget of {BUDGET}: {last:?}");
+    assert!(last.records_read >= 2 * MANY as u64 * u64::from(last.passes));
+    // One pass holds at most BUDGET ids (a hash table of 16-byte hashes and their bitsets, about
+    // 20 MiB for 300 000). All million at once would take more than 60 MiB in the same form, and
+    // as strings a good deal more.
+    let growth_mib = peak.saturating_sub(rss_before) / 1024;
+    eprintln!(
+        "headnode VmRSS before {} MiB, VmHWM after {} MiB (growth {growth_mib} MiB); {} passes, {} records read",
+        rss_before / 1024,
+        peak / 1024,
+        last.passes,
+        last.records_read
+    );
+    assert!(growth_mib < 45, "the headnode's peak grew by {growth_mib} MiB");
+}
