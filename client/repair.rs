@@ -42,7 +42,11 @@ pub async fn run(addrs: &[String], timeout: Duration, args: Args) -> anyhow::Res
                     break Ok(());
                 }
             }
-            Ok(None) => break Err(anyhow::anyhow!("the headnode ended the repair without its final counts")),
+            Ok(None) => {
+                break Err(anyhow::anyhow!(
+                    "the headnode ended the repair without its final counts"
+                ));
+            }
             Err(status) => break Err(anyhow::Error::from(status)),
         }
     };
@@ -67,7 +71,11 @@ pub async fn run(addrs: &[String], timeout: Duration, args: Args) -> anyhow::Res
 pub fn summary(r: &RepairReply) -> String {
     format!(
         "{}: scanned {} messages on {} datanodes in {} pass{} ({} records read): {} under-replicated, {} copied, {} failed",
-        if r.done { "repair done" } else { "repair stopped" },
+        if r.done {
+            "repair done"
+        } else {
+            "repair stopped"
+        },
         r.scanned,
         r.datanodes.len(),
         r.passes,

@@ -632,7 +632,11 @@ mod tests {
             &dedupe,
             &file,
             "d",
-            vec![stamped("m", "id-1"), stamped("other", "id-1"), stamped("m", "id-2")],
+            vec![
+                stamped("m", "id-1"),
+                stamped("other", "id-1"),
+                stamped("m", "id-2"),
+            ],
         )
         .await;
         assert_eq!(ok(&again[0]), &Outcome::Repeat(reply));

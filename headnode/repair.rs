@@ -300,9 +300,9 @@ impl Holdings {
 
 /// Holders in a bitset (the marker bit `nodes` excluded).
 fn holders(entry: &[u64], nodes: usize) -> usize {
-    (0..nodes)
-        .filter(|&i| entry[i / 64] & (1 << (i % 64)) != 0)
-        .count()
+    let all: u32 = entry.iter().map(|w| w.count_ones()).sum();
+    let marker = entry[nodes / 64] & (1 << (nodes % 64)) != 0;
+    all as usize - usize::from(marker)
 }
 
 /// A class of ids: those whose hash's high half is `residue` modulo `modulus` (a power of two).
@@ -388,7 +388,12 @@ impl Repair {
                         holdings.retain(|h| class.holds(h));
                         self.reply.passes += 1;
                         self.reply.steps_total += 2 * n as u64;
-                        tracing::info!(pass = self.reply.pass, passes = self.reply.passes, budget = self.budget, "repair pass split: more ids than --repair-ids-per-pass");
+                        tracing::info!(
+                            pass = self.reply.pass,
+                            passes = self.reply.passes,
+                            budget = self.budget,
+                            "repair pass split: more ids than --repair-ids-per-pass"
+                        );
                     }
                     if !class.holds(h) {
                         continue;
@@ -588,7 +593,11 @@ mod tests {
         assert_eq!(holders(h.entry(3 << 64).unwrap(), 70), 1);
         h.set(3 << 64, 70);
         assert!(h.has(3 << 64, 70));
-        assert_eq!(holders(h.entry(3 << 64).unwrap(), 70), 1, "the marker is no holder");
+        assert_eq!(
+            holders(h.entry(3 << 64).unwrap(), 70),
+            1,
+            "the marker is no holder"
+        );
         let even = class(2, 0);
         h.retain(|x| even.holds(x));
         assert_eq!(h.len(), 5);

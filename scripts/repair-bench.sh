@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Times `client repair` over N under-replicated messages: datanode1's data file is written with N
+# records (100-byte messages, half with a request id) in the data file's format, datanode2 and
+# datanode3 start empty, and a `--replicas 2` headnode repairs: every record is copied once.
+# Usage: scripts/repair-bench.sh [N] [FSYNC]   (release binaries in target/release; FSYNC always|never)
+# Run it under `flock /tmp/registro-bench.lock` so no other benchmark shares the CPUs.
+set -euo pipefail
+N=${1:-100000}
+FSYNC=${2:-always}
+BIN=${BIN:-target/release}
+work=$(mktemp -d /tmp/registro-repair-bench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The address a process logged as "listening on ADDR".
+addr_of() {
+  for _ in $(seq 1 500); do
+    if a=$(grep -o 'listening on [0-9.:]*' "$1" 2>/dev/null | head -1 | cut -d' ' -f3) && [ -n "$a" ]; then
+      echo "$a"; return 0
+    fi
+    sleep 0.02
+  done
+  echo "no listening line in $1" >&2; return 1
+}
+
+mkdir -p "$work/d1" "$work/d2" "$work/d3"
+python3 - "$N" "$work/d1/messages.jsonl" <<'EOF'
+import json, sys, uuid
+n, path = int(sys.argv[1]), sys.argv[2]
+with open(path, "w") as f:
+    for i in range(n):
+        rid = f"bench-{i}" if i % 2 == 0 else ""
+        f.write(json.dumps({"id": str(uuid.uuid4()), "stored_at": "2026-11-24T10:00:00.000Z",
+                            "message": ("m%d " % i).ljust(100, "x"), "request_id": rid},
+                           separators=(",", ":")) + "\n")
+EOF
+
+# The headnode logs at info (its address, the repair's start and end); the datanodes at warn (at
+# info they log every record stored) and register themselves.
+RUST_LOG=info "$BIN/headnode" --listen 127.0.0.1:0 --replicas 2 --heartbeat-interval 200ms \
+  --heartbeat-log "$work/heartbeat.log" --registro-log "$work/registro.log" 2>"$work/headnode.err" &
+pids+=($!)
+head=$(addr_of "$work/headnode.err")
+for i in 1 2 3; do
+  RUST_LOG=warn "$BIN/datanode" --listen 127.0.0.1:0 --name "datanode$i" --data-dir "$work/d$i" \
+    --fsync "$FSYNC" --headnode "http://$head" 2>"$work/datanode$i.err" &
+  pids+=($!)
+done
+for _ in $(seq 1 1500); do
+  "$BIN/client" --addr "$head" health --service registro.v1.Store >/dev/null 2>&1 && break
+  sleep 0.02
+done
+"$BIN/client" --addr "$head" status
+export RUST_LOG=warn
+echo "repair of $N under-replicated messages, datanodes --fsync $FSYNC, load average $(cut -d' ' -f1-3 /proc/loadavg):"
+start=$(date +%s.%N)
+"$BIN/client" --addr "$head" repair --no-progress
+end=$(date +%s.%N)
+printf 'elapsed %.2f s\n' "$(echo "$end - $start" | bc)"
+start=$(date +%s.%N)
+"$BIN/client" --addr "$head" repair --no-progress
+end=$(date +%s.%N)
+printf 'second repair (nothing to copy): elapsed %.2f s\n' "$(echo "$end - $start" | bc)"
+wc -l "$work"/d*/messages.jsonl
+grep "repair done" "$work/headnode.err" | tail -2
