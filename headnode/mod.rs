@@ -172,6 +172,7 @@ pub async fn serve(
     };
     let store = store::StoreService::new(
         pool.clone(),
+        config.replicas,
         registro_log.clone(),
         config.dedupe,
         config.max_message_bytes,
@@ -362,9 +363,7 @@ mod tests {
         let node = pool.get("127.0.0.1:1").unwrap();
         let (_warm_tx, warm) = tokio::sync::watch::channel(true);
         let mut followers = server::Followers::new();
-        let replicas = config.replicas;
-        followers
-            .spawn(|stop| follow_readiness(pool.clone(), replicas, warm, health.clone(), stop));
+        followers.spawn(|stop| follow_readiness(pool.clone(), 1, warm, health.clone(), stop));
         pool.record_probe(&node, &ProbeResult::Serving(Duration::ZERO));
         let mut serving = false;
         for _ in 0..200 {
