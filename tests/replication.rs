@@ -363,4 +363,20 @@ async fn sigkill_of_a_datanode_under_replicated_load_fails_no_store() {
     );
     assert!(strays <= 8, "at most one stray copy per Store in flight");
     assert_eq!(by_id.len(), acks.len(), "no record nobody acknowledged");
+
+    // With that datanode still down, List through the headnode has every message, once.
+    let mut stream = store_client(&cluster.headnode.url())
+        .await
+        .list(registro::pb::ListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut listed: HashMap<String, usize> = HashMap::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        *listed.entry(m.id).or_default() += 1;
+    }
+    for ack in &acks {
+        assert_eq!(listed.get(&ack.id), Some(&1), "List shows {ack:?}");
+    }
+    assert_eq!(listed.len(), acks.len());
 }
