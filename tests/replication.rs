@@ -212,7 +212,9 @@ fn assert_two_identical_copies(cluster: &Cluster, acks: &[Ack]) {
 /// is in exactly two data files, the same line in both, and nothing else is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_message_is_on_two_datanodes_byte_for_byte() {
-    let cluster = Cluster::start(&[]);
+    // Generous deadlines: this test is about where records land, and a starved CI machine
+    // (debug builds, other tests at once) must not time out healthy datanodes.
+    let cluster = Cluster::start(&["--heartbeat-timeout", "3s", "--forward-timeout", "3s"]);
     wait_ready(&cluster.headnode.url()).await;
     let (acks, errors) = load(
         cluster.headnode.url(),
@@ -317,7 +319,7 @@ async fn stores_need_as_many_healthy_datanodes_as_replicas() {
 async fn sigkill_of_a_datanode_under_replicated_load_fails_no_store() {
     // Generous deadlines: a killed datanode is noticed by its broken connections, and a starved
     // CI machine must not time out the healthy ones.
-    let mut cluster = Cluster::start(&["--heartbeat-timeout", "2s", "--forward-timeout", "2s"]);
+    let mut cluster = Cluster::start(&["--heartbeat-timeout", "3s", "--forward-timeout", "3s"]);
     wait_ready(&cluster.headnode.url()).await;
     let progress = Arc::new(AtomicUsize::new(0));
     let run = tokio::spawn(load(cluster.headnode.url(), "k", 8, 150, progress.clone()));
