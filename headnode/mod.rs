@@ -178,9 +178,12 @@ pub async fn serve(
     let store = store::StoreService::new(
         pool.clone(),
         registro_log.clone(),
-        config.dedupe,
-        config.max_message_bytes,
-        config.lists,
+        store::Settings {
+            replicas: config.replicas,
+            dedupe: config.dedupe,
+            max_message_bytes: config.max_message_bytes,
+            list_limits: config.lists,
+        },
         warm.clone(),
         crate::limits::Running::new(config.limits.max_in_flight),
     );

@@ -119,7 +119,7 @@ impl Repairer {
         let needed = self.settings.replicas.max(1);
         if nodes.len() < needed {
             return Err(Status::unavailable(format!(
-                "repair needs {needed} healthy datanodes (--replicas {needed}); {} of {} are healthy",
+                "not enough healthy datanodes to repair: --replicas {needed} needs {needed}, {} of {} healthy; nothing copied",
                 nodes.len(),
                 nodes.len() + skipped.len()
             )));

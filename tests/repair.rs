@@ -273,14 +273,14 @@ fn repair_skips_a_datanode_that_is_down_and_is_unavailable_below_replicas() {
     assert!(
         status
             .message()
-            .contains("repair needs 2 healthy datanodes (--replicas 2); 1 of 3 are healthy"),
+            .contains("not enough healthy datanodes to repair: --replicas 2 needs 2, 1 of 3 healthy"),
         "{}",
         status.message()
     );
     let out = client(dir.path(), &["--addr", &cluster.url(0), "repair"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(
-        text(&out.stderr).contains("1 of 3 are healthy"),
+        text(&out.stderr).contains("1 of 3 healthy"),
         "{}",
         text(&out.stderr)
     );
