@@ -414,8 +414,8 @@ impl Repair {
         self.reply.phase = "copy".into();
         let mut pending: Vec<Vec<Record>> = vec![Vec::new(); n];
         let mut pending_bytes = 0usize;
-        for i in 0..n {
-            if !read_again[i] {
+        for (i, &again) in read_again.iter().enumerate() {
+            if !again {
                 self.reply.steps_done += 1;
                 continue;
             }
@@ -482,9 +482,9 @@ impl Repair {
     }
 
     async fn flush(&mut self, pending: &mut [Vec<Record>]) {
-        for t in 0..pending.len() {
-            if !pending[t].is_empty() {
-                let batch = std::mem::take(&mut pending[t]);
+        for (t, records) in pending.iter_mut().enumerate() {
+            if !records.is_empty() {
+                let batch = std::mem::take(records);
                 self.send(t, batch).await;
             }
         }

@@ -192,7 +192,7 @@ fn repair_copies_every_under_replicated_message_once_and_a_second_run_copies_not
         text(&out.stderr)
     );
     assert!(
-        stdout.contains(&format!("scanned 160 messages on 3 datanodes in 1 pass ("))
+        stdout.contains("scanned 160 messages on 3 datanodes in 1 pass (")
             && stdout.contains(&format!(
                 "{under} under-replicated, {under} copied, 0 failed"
             )),
@@ -271,9 +271,9 @@ fn repair_skips_a_datanode_that_is_down_and_is_unavailable_below_replicas() {
     let status = rt.block_on(repair(&cluster.url(0))).unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable);
     assert!(
-        status
-            .message()
-            .contains("not enough healthy datanodes to repair: --replicas 2 needs 2, 1 of 3 healthy"),
+        status.message().contains(
+            "not enough healthy datanodes to repair: --replicas 2 needs 2, 1 of 3 healthy"
+        ),
         "{}",
         status.message()
     );
@@ -617,4 +617,116 @@ async fn under_tls_a_client_repairs_and_the_copies_use_the_headnodes_certificate
         denied.message().contains("client or headnode"),
         "{denied:?}"
     );
+}
+
+/// Disk loss at `--replicas 2`: a datanode is SIGKILLed, its data folder deleted, and it starts
+/// again empty. List through the headnode still returns every acknowledged message exactly once,
+/// Stores keep succeeding, `client repair` restores two identical copies of everything, and a
+/// second repair copies nothing.
+#[test]
+fn after_a_datanode_loses_its_disk_repair_restores_two_copies_of_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    // Generous deadlines: on a starved machine the 500 ms defaults can time healthy datanodes out.
+    let mut cluster = Cluster::start(
+        dir.path(),
+        &[2],
+        &["--heartbeat-timeout", "3s", "--forward-timeout", "3s"],
+    );
+    let url = cluster.url(0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut acked: BTreeMap<String, String> = BTreeMap::new();
+    rt.block_on(async {
+        for i in 0..150 {
+            for (message, key) in [
+                (format!("before keyed {i}"), format!("before-{i}")),
+                (format!("before keyless {i}"), String::new()),
+            ] {
+                let reply = store(&url, &message, &key).await.unwrap();
+                assert_eq!(reply.replicas.len(), 2, "{reply:?}");
+                acked.insert(reply.id, message);
+            }
+        }
+    });
+    let before = lines_by_id(dir.path());
+    assert!(before.values().all(|l| l.len() == 2));
+    let lost = before
+        .values()
+        .filter(|l| l.iter().any(|(d, _)| d == "datanode2"))
+        .count();
+    assert!(lost > 0);
+
+    cluster.kill(1);
+    std::fs::remove_dir_all(dir.path().join("d2")).unwrap();
+    cluster.datanodes[1] = Some(spawn_datanode(
+        dir.path(),
+        2,
+        "127.0.0.1:0",
+        &["--headnode", &url],
+    ));
+    // Back under its name at its new address, SERVING.
+    let address = cluster.datanodes[1].as_ref().unwrap().addr.clone();
+    rt.block_on(async {
+        eventually("datanode2 SERVING at its new address", || async {
+            let s = status(&url).await;
+            s.iter()
+                .any(|d| d.name == "datanode2" && d.address == address && d.status == "SERVING")
+                .then_some(())
+        })
+        .await;
+        // List: every acknowledged message once.
+        let mut stream = store_client(&url)
+            .await
+            .list(registro::pb::ListRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let mut listed: BTreeMap<String, usize> = BTreeMap::new();
+        while let Some(m) = stream.message().await.unwrap() {
+            assert_eq!(acked.get(&m.id), Some(&m.message), "{m:?}");
+            *listed.entry(m.id).or_default() += 1;
+        }
+        assert_eq!(listed.len(), acked.len(), "List lost messages");
+        assert!(listed.values().all(|&n| n == 1), "List repeated an id");
+        // Stores keep succeeding.
+        for i in 0..20 {
+            let message = format!("after {i}");
+            let reply = store(&url, &message, &format!("after-{i}")).await.unwrap();
+            assert_eq!(reply.replicas.len(), 2);
+            acked.insert(reply.id, message);
+        }
+    });
+
+    let out = client(dir.path(), &["--addr", &url, "repair"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    let expected = format!("{lost} under-replicated, {lost} copied, 0 failed");
+    assert!(
+        stdout.contains(&expected),
+        "expected {expected:?} in {stdout}"
+    );
+
+    let after = lines_by_id(dir.path());
+    assert_eq!(after.len(), acked.len());
+    for (id, lines) in &after {
+        assert!(acked.contains_key(id), "{id} was never acknowledged");
+        assert_eq!(lines.len(), 2, "{id}: {lines:?}");
+        assert_eq!(lines[0].1, lines[1].1, "{id}: the copies differ");
+    }
+    // The copies went back where the Stores had placed them: datanode2 holds again exactly the
+    // lines it lost.
+    for (id, lines) in &before {
+        let mut now = after[id].clone();
+        now.sort();
+        let mut was = lines.clone();
+        was.sort();
+        assert_eq!(now, was, "{id}");
+    }
+    let again = client(dir.path(), &["--addr", &url, "repair"]);
+    let stdout = text(&again.stdout);
+    assert!(again.status.success(), "{stdout}{}", text(&again.stderr));
+    assert!(
+        stdout.contains("0 under-replicated, 0 copied, 0 failed"),
+        "{stdout}"
+    );
+    assert_eq!(lines_by_id(dir.path()), after);
 }
