@@ -47,8 +47,8 @@ struct Args {
     /// ends with DEADLINE_EXCEEDED.
     #[arg(long, env = "REGISTRO_LIST_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     list_idle_timeout: Duration,
-    /// Ids one pass of `Repair` keeps in memory at most (about 35 bytes each); a cluster with
-    /// more messages is repaired in several passes, each reading every datanode again.
+    /// Ids one pass of `Repair` keeps in memory at most (about 60 bytes each at worst); a cluster
+    /// with more messages is repaired in several passes, each reading every datanode again.
     #[arg(long, env = "REGISTRO_REPAIR_IDS_PER_PASS", default_value_t = headnode::repair::DEFAULT_IDS_PER_PASS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(headnode::repair::MIN_IDS_PER_PASS as u64..))]
     repair_ids_per_pass: usize,
     /// HTTP/2 connections opened to each datanode for forwards, each carrying one batch of

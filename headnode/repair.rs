@@ -10,7 +10,7 @@
 //! **Bounded memory.** The repair never holds the whole cluster's ids, nor any message text
 //! across a scan. A *pass* covers the ids whose 128-bit hash falls in one class (`h mod m == r`,
 //! `m` a power of two) and keeps, for each, only its hash and a bitset of the datanodes holding it:
-//! at most `--repair-ids-per-pass` entries, allocated up front. When a pass would go past that
+//! at most `--repair-ids-per-pass` entries (see [`DEFAULT_IDS_PER_PASS`]). When a pass would go past that
 //! budget it is split in place: its class becomes `(2m, r)` (the entries of the other half are
 //! dropped) and the other half `(2m, r + m)` becomes a pass of its own, queued, so nothing read
 //! is read again for the half kept. After reading every datanode for a pass, the entries held by
@@ -52,8 +52,10 @@ use crate::pb::{ListRequest, Record, RepairReply, StoreBatchRequest, StoredMessa
 use crate::server::MAX_STORE_BATCH;
 use crate::tls::Tls;
 
-/// The default `--repair-ids-per-pass`: ids one pass keeps (about 35 bytes each, so ~ 35 MB).
-pub const DEFAULT_IDS_PER_PASS: usize = 1_000_000;
+/// The default `--repair-ids-per-pass`: ids one pass keeps. Each takes a 24-byte slot of a hash
+/// table that is at least 7/16 full, and 8 bytes of bitset (up to 63 datanodes): at most about
+/// 30 MiB at this budget, plus the old table while the last resize copies it.
+pub const DEFAULT_IDS_PER_PASS: usize = 500_000;
 /// The smallest budget accepted: below it a repair spends its time splitting passes.
 pub const MIN_IDS_PER_PASS: usize = 1_000;
 /// Text of pending copies, summed over every target, at which they are sent.
@@ -219,17 +221,27 @@ struct Repair {
 struct Holdings {
     /// Words per entry in `bits`.
     words: usize,
-    slots: HashMap<u128, u32>,
+    /// The id's hash (as two words: 8-byte aligned, so a slot is 24 bytes, not 32) → its index
+    /// in `bits`. Grown as ids come (never allocated for the whole budget up front: a small
+    /// cluster costs little).
+    slots: HashMap<[u64; 2], u32>,
     bits: Vec<u64>,
 }
 
+fn key(h: u128) -> [u64; 2] {
+    [(h >> 64) as u64, h as u64]
+}
+
+fn unkey(k: [u64; 2]) -> u128 {
+    (u128::from(k[0]) << 64) | u128::from(k[1])
+}
+
 impl Holdings {
-    fn new(nodes: usize, budget: usize) -> Self {
-        let words = (nodes + 1).div_ceil(64);
+    fn new(nodes: usize) -> Self {
         Self {
-            words,
-            slots: HashMap::with_capacity(budget),
-            bits: Vec::with_capacity(budget * words),
+            words: (nodes + 1).div_ceil(64),
+            slots: HashMap::new(),
+            bits: Vec::new(),
         }
     }
 
@@ -238,13 +250,13 @@ impl Holdings {
     }
 
     fn contains(&self, h: u128) -> bool {
-        self.slots.contains_key(&h)
+        self.slots.contains_key(&key(h))
     }
 
     fn set(&mut self, h: u128, bit: usize) {
         let words = self.words;
         let next = self.slots.len();
-        let slot = *self.slots.entry(h).or_insert_with(|| {
+        let slot = *self.slots.entry(key(h)).or_insert_with(|| {
             // Below u32::MAX: the budget is a count of ids a machine can hold.
             u32::try_from(next).unwrap_or(u32::MAX)
         });
@@ -256,7 +268,7 @@ impl Holdings {
     }
 
     fn entry(&self, h: u128) -> Option<&[u64]> {
-        let base = *self.slots.get(&h)? as usize * self.words;
+        let base = *self.slots.get(&key(h))? as usize * self.words;
         self.bits.get(base..base + self.words)
     }
 
@@ -270,30 +282,31 @@ impl Holdings {
         let words = self.words;
         let mut bits = std::mem::take(&mut self.bits);
         let mut next = 0usize;
-        let mut kept: Vec<(u128, u32)> = Vec::new();
-        self.slots.retain(|&h, slot| {
-            if keep(h) {
-                kept.push((h, *slot));
+        let mut kept: Vec<([u64; 2], u32)> = Vec::new();
+        self.slots.retain(|&k, slot| {
+            if keep(unkey(k)) {
+                kept.push((k, *slot));
             }
             false
         });
         // Moved down in the order they were in, so no entry is overwritten before it moves.
         kept.sort_unstable_by_key(|&(_, old)| old);
-        for (h, old) in kept {
+        for (k, old) in kept {
             let from = old as usize * words;
             bits.copy_within(from..from + words, next * words);
             self.slots
-                .insert(h, u32::try_from(next).unwrap_or(u32::MAX));
+                .insert(k, u32::try_from(next).unwrap_or(u32::MAX));
             next += 1;
         }
         bits.truncate(next * words);
+        bits.shrink_to(next * words);
         self.bits = bits;
     }
 
     fn hashes(&self) -> impl Iterator<Item = (u128, &[u64])> {
-        self.slots.iter().map(move |(&h, &slot)| {
+        self.slots.iter().map(move |(&k, &slot)| {
             let base = slot as usize * self.words;
-            (h, &self.bits[base..base + self.words])
+            (unkey(k), &self.bits[base..base + self.words])
         })
     }
 }
@@ -364,7 +377,7 @@ impl Repair {
         queue: &mut VecDeque<Class>,
     ) -> Result<Holdings, Stop> {
         let n = self.nodes.len();
-        let mut holdings = Holdings::new(n, self.budget);
+        let mut holdings = Holdings::new(n);
         self.reply.phase = "scan".into();
         for i in 0..n {
             let node = self.nodes[i].clone();
@@ -579,7 +592,7 @@ mod tests {
 
     #[test]
     fn holdings_keep_a_bitset_per_id_and_retain_compacts_them() {
-        let mut h = Holdings::new(70, 16);
+        let mut h = Holdings::new(70);
         assert_eq!(h.words, 2);
         for id in 0..10u128 {
             h.set(id << 64, 0);
