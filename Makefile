@@ -7,7 +7,7 @@ GRPCURL := $(VENV)/bin/grpcurl
 export GRPCURL
 
 .PHONY: build test soak demo fmt lint doc tools system-tools clean static images up down logs ps test-compose certs \
-	certs-kubernetes swarm-up swarm-down test-swarm
+	certs-kubernetes swarm-up swarm-down test-swarm test-kubernetes-docker
 
 # Containers: Compose v2 (`docker compose`) when present, else Compose v1 (`docker-compose`).
 COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
@@ -175,6 +175,10 @@ swarm-down:
 ## test-swarm: the stack on Docker Swarm under faults (needs a Docker engine)
 test-swarm: tools
 	scripts/test-swarm.sh
+
+## test-kubernetes-docker: deploy/kubernetes's args, names, certificates and securityContext played by plain Docker (needs a Docker engine)
+test-kubernetes-docker: tools images certs-kubernetes
+	scripts/test-kubernetes-docker.sh
 
 clean:
 	$(CARGO) clean
