@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # make swarm-up: stack `registro` (compose/stack.yml) on Docker Swarm, waited for until healthy.
 # The Makefile has built the images (make images) and the certificates (make certs) first.
-# - An engine in no swarm is made a single-node swarm (`docker swarm init`); the node's id is
-#   written to target/swarm-made-by-registro so that `make swarm-down` leaves that swarm again,
-#   and only that one.
+# - An engine in no swarm is made a single-node swarm (`docker swarm init`); the node's id (and
+#   whether docker_gwbridge was made with it) is written to target/swarm-made-by-registro so that
+#   `make swarm-down` leaves that swarm again, and only that one.
 # - Each datanode is pinned to the node that keeps its volume: REGISTRO_DATANODE<N>_NODE, a
 #   node's host name, by default this node.
 # - Deploying again over a running stack updates it in place.
@@ -21,6 +21,9 @@ state=$(docker info --format '{{.Swarm.LocalNodeState}}')
 case "$state" in
   inactive)
     echo "swarm-up: this engine is in no swarm; starting a single-node swarm (make swarm-down leaves it again)"
+    # swarm init also makes the bridge network docker_gwbridge, which leaving does not remove.
+    gwbridge=kept
+    docker network inspect docker_gwbridge >/dev/null 2>&1 || gwbridge=made
     if ! docker swarm init >/dev/null 2>target/swarm-init.err; then
       # More than one address to choose from: the one of the default route.
       addr=$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "src") print $(i + 1)}')
@@ -28,7 +31,7 @@ case "$state" in
     fi
     rm -f target/swarm-init.err
     mkdir -p target
-    docker info --format '{{.Swarm.NodeID}}' >"$marker"
+    echo "$(docker info --format '{{.Swarm.NodeID}}') docker_gwbridge=$gwbridge" >"$marker"
     ;;
   active)
     if [ "$(docker info --format '{{.Swarm.ControlAvailable}}')" != true ]; then

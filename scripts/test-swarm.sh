@@ -28,6 +28,7 @@ ok() { echo "ok   $*"; passed=$((passed + 1)); }
 fail() { echo "FAIL $*" >&2; failed=$((failed + 1)); }
 
 swarm_before=$(docker info --format '{{.Swarm.LocalNodeState}}')
+gwbridge_before=$(docker network ls -q --filter name=^docker_gwbridge$ | wc -l)
 volumes_before=$(docker volume ls -q --filter "label=com.docker.stack.namespace=$stack" | sort)
 cleanup() {
   status=$?
@@ -57,11 +58,11 @@ within() {
   done
 }
 # The running container of service $1 (empty when none).
-container_of() { docker ps -q --filter "label=com.docker.swarm.service.name=${stack}_$1" --filter status=running | head -1; }
+container_of() { docker ps -q --filter "label=com.docker.swarm.service.name=${stack}_$1" --filter status=running | awk "NR <= 1"; }
 # Service $1 has a running, healthy container that is not $2.
 healthy_other_than() {
   local id
-  id=$(docker ps -q --filter "label=com.docker.swarm.service.name=${stack}_$1" --filter health=healthy | head -1)
+  id=$(docker ps -q --filter "label=com.docker.swarm.service.name=${stack}_$1" --filter health=healthy | awk "NR <= 1")
   [ -n "$id" ] && [ "$id" != "$2" ]
 }
 serving_count() { "${client[@]}" status | awk '$3 == "SERVING"' | wc -l; }
@@ -70,7 +71,7 @@ lines_of() { if [ -f "$1" ]; then wc -l <"$1"; else echo 0; fi; }
 # At least $2 lines in file $1.
 has_lines() { [ "$(lines_of "$1")" -ge "$2" ]; }
 # The data file of datanode service $1, from its running container (the image has no shell).
-data_file() { docker cp "$(container_of "$1"):/data/messages.jsonl" - 2>/dev/null | tar -xO; }
+data_file() { docker cp "$(container_of "$1"):/data/messages.jsonl" - 2>/dev/null | tar -xO 2>/dev/null || true; }
 
 start=$SECONDS
 make swarm-up
@@ -131,19 +132,22 @@ for k in 1 2; do
     kills+=("kill $k at receipt $at: new task healthy after $back s, client resumed: $resumed")
     ok "headnode killed ($k) at receipt $at: Swarm started a new task, healthy after $back s"
   else
-    fail "headnode kill $k: no new healthy headnode task within 60 s: $(docker service ps ${stack}_headnode 2>&1 | head -5)"
+    fail "headnode kill $k: no new healthy headnode task within 60 s: $(docker service ps ${stack}_headnode 2>&1 | awk "NR <= 5")"
   fi
 done
 if wait "$sender"; then rc=0; else rc=$?; fi
 sender=
 send_seconds=$((SECONDS - send_start))
 retried=$(grep -c 'retrying' "$work/send.err" || true)
+# The two longest waits between consecutive receipts: what each headnode kill cost the client.
+stalls=$(awk '{ split($1, t, "T"); split(t[2], h, ":"); now = h[1] * 3600 + h[2] * 60 + h[3]
+                if (NR > 1) printf "%.1f\n", now - last; last = now }' "$log" | sort -rn | awk "NR <= 2" | sed 's/$/ s/' | paste -sd, - | sed 's/,/, /')
 receipts=$(grep -vc ' ERROR ' "$log" || true)
 errors=$(grep -c ' ERROR ' "$log" || true)
 if [ "$rc" -eq 0 ] && [ "$receipts" -eq "$COUNT" ] && [ "$errors" -eq 0 ]; then
-  ok "client send of $COUNT messages across two headnode kills: exit 0, $receipts receipts, $retried retries, $send_seconds s"
+  ok "client send of $COUNT messages across two headnode kills: exit 0, $receipts receipts, $retried retries, $send_seconds s (longest waits for a receipt: $stalls)"
 else
-  fail "client send: exit $rc, $receipts receipts, $errors errors: $(grep ' ERROR ' "$log" | head -3)"
+  fail "client send: exit $rc, $receipts receipts, $errors errors: $(grep ' ERROR ' "$log" | awk "NR <= 3")"
 fi
 
 # Exactly once, as README "Exactly once" defines it: List through the headnode returns each
@@ -175,18 +179,18 @@ fi
 # --- a datanode task killed -------------------------------------------------------------------
 old=$(container_of datanode2)
 volume=$(docker inspect --format '{{range .Mounts}}{{if eq .Destination "/data"}}{{.Name}}{{end}}{{end}}' "$old")
-data_file datanode2 | grep -o '"id":"[^"]*"' | sort >"$work/before"
+data_file datanode2 | grep -o '"id":"[^"]*"' | sort >"$work/before" || true
 before=$(wc -l <"$work/before")
 [ "$before" -gt 0 ] && ok "datanode2 holds $before messages before the kill" || fail "datanode2 holds no messages"
 docker kill "$old" >/dev/null
 if within 60 healthy_other_than datanode2 "$old"; then
   ok "datanode2 killed: Swarm started a new task, healthy"
 else
-  fail "datanode2: no new healthy task within 60 s: $(docker service ps ${stack}_datanode2 2>&1 | head -5)"
+  fail "datanode2: no new healthy task within 60 s: $(docker service ps ${stack}_datanode2 2>&1 | awk "NR <= 5")"
 fi
 new=$(container_of datanode2)
 new_volume=$(docker inspect --format '{{range .Mounts}}{{if eq .Destination "/data"}}{{.Name}}{{end}}{{end}}' "$new" 2>/dev/null || true)
-data_file datanode2 | grep -o '"id":"[^"]*"' | sort >"$work/after"
+data_file datanode2 | grep -o '"id":"[^"]*"' | sort >"$work/after" || true
 kept=$(comm -12 "$work/before" "$work/after" | wc -l)
 if [ -n "$volume" ] && [ "$volume" = "$new_volume" ] && [ "$kept" -eq "$before" ]; then
   ok "datanode2's new task has its volume ($volume) and all $before messages"
@@ -213,6 +217,8 @@ fi
 [ "$left" -eq 0 ] && ok "make swarm-down leaves no service or secret of the stack" || fail "$left services or secrets left"
 if [ "$swarm_before" = inactive ]; then
   [ "$state" = inactive ] && ok "make swarm-down left the swarm that make swarm-up started" || fail "the engine is still in a swarm ($state)"
+  gwbridge=$(docker network ls -q --filter name=^docker_gwbridge$ | wc -l)
+  [ "$gwbridge" -eq "$gwbridge_before" ] && ok "docker_gwbridge as before make swarm-up ($gwbridge)" || fail "docker_gwbridge: $gwbridge_before before, $gwbridge after"
 else
   [ "$state" = "$swarm_before" ] && ok "make swarm-down kept the swarm that was there before" || fail "swarm state $swarm_before -> $state"
 fi
