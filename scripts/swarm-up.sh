@@ -17,6 +17,17 @@ stack=registro
 marker=target/swarm-made-by-registro
 start=$SECONDS
 
+# The headnode publishes 5000 and 9500 on the host: a container already there (make up) would
+# keep its task from starting.
+for port in 5000 9500; do
+  for id in $(docker ps -q --filter "publish=$port"); do
+    if [ "$(docker inspect --format '{{index .Config.Labels "com.docker.stack.namespace"}}' "$id")" != "$stack" ]; then
+      echo "swarm-up: port $port is published by container $(docker inspect --format '{{.Name}}' "$id" | tr -d /) (make down stops make up's)" >&2
+      exit 1
+    fi
+  done
+done
+
 state=$(docker info --format '{{.Swarm.LocalNodeState}}')
 case "$state" in
   inactive)
@@ -24,13 +35,13 @@ case "$state" in
     # swarm init also makes the bridge network docker_gwbridge, which leaving does not remove.
     gwbridge=kept
     docker network inspect docker_gwbridge >/dev/null 2>&1 || gwbridge=made
+    mkdir -p target
     if ! docker swarm init >/dev/null 2>target/swarm-init.err; then
       # More than one address to choose from: the one of the default route.
       addr=$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for (i = 1; i < NF; i++) if ($i == "src") print $(i + 1)}')
       docker swarm init --advertise-addr "${addr:-127.0.0.1}" >/dev/null || { cat target/swarm-init.err >&2; exit 1; }
     fi
     rm -f target/swarm-init.err
-    mkdir -p target
     echo "$(docker info --format '{{.Swarm.NodeID}}') docker_gwbridge=$gwbridge" >"$marker"
     ;;
   active)
