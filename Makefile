@@ -6,7 +6,8 @@ VENV := $(TOOLS)/venv
 GRPCURL := $(VENV)/bin/grpcurl
 export GRPCURL
 
-.PHONY: build test soak demo fmt lint doc tools system-tools clean static images up down logs ps test-compose certs
+.PHONY: build test soak demo fmt lint doc tools system-tools clean static images up down logs ps test-compose certs \
+	certs-kubernetes swarm-up swarm-down test-swarm test-kubernetes-docker
 
 # Containers: Compose v2 (`docker compose`) when present, else Compose v1 (`docker-compose`).
 COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; else echo docker-compose; fi)
@@ -62,14 +63,44 @@ $(GRPCURL): requirements-test.txt
 	@touch $(GRPCURL)
 
 ## certs: the cluster's CA and certificates in certs/ (git-ignored; existing ones are kept)
+## The headnode's also names tasks.headnode, the name Swarm's datanodes register with (make
+## swarm-up); a headnode certificate made before it had that name is made again.
 CERTS := certs
 certs: static
 	$(STATIC_DIR)/client tls ca --dir $(CERTS)
-	$(STATIC_DIR)/client tls cert --dir $(CERTS) --role headnode --name headnode --host localhost --host 127.0.0.1
+	force=; if [ -f $(CERTS)/headnode.pem ] && ! sed '/-----/d' $(CERTS)/headnode.pem | base64 -d | grep -qa tasks.headnode; then \
+	  echo "make certs: $(CERTS)/headnode.pem does not name tasks.headnode (Swarm); making it again"; force=--force; fi; \
+	$(STATIC_DIR)/client tls cert --dir $(CERTS) --role headnode --name headnode --host localhost --host 127.0.0.1 --host tasks.headnode $$force
 	for n in $$(seq 1 $$(( $(DATANODES) > 3 ? $(DATANODES) : 3 ))); do \
 	  $(STATIC_DIR)/client tls cert --dir $(CERTS) --role datanode --name datanode$$n --host localhost --host 127.0.0.1 || exit 1; \
 	done
 	$(STATIC_DIR)/client tls cert --dir $(CERTS) --role client --name client
+
+## certs-kubernetes: a CA and certificates for deploy/kubernetes in certs/kubernetes/ (kept if
+## present), and the two folders its Secrets are made from (README, "Running on more than one
+## machine"): headnode/ (the CA certificate, the headnode's) and datanode/ (the CA certificate,
+## datanode-0…). Names: the headnode `headnode`, `headnode-headless` (what the datanodes dial) and
+## their .<namespace>.svc forms, localhost, 127.0.0.1; datanode-N its pod name, as NAME, and
+## datanode-N.datanode (what it advertises) with its .<namespace>.svc forms.
+KUBE_CERTS := $(CERTS)/kubernetes
+KUBE_NAMESPACE ?= default
+KUBE_DATANODES ?= 3
+certs-kubernetes: static
+	$(STATIC_DIR)/client tls ca --dir $(KUBE_CERTS)
+	$(STATIC_DIR)/client tls cert --dir $(KUBE_CERTS) --role headnode --name headnode \
+	  $$(for h in headnode headnode-headless; do for d in "" .$(KUBE_NAMESPACE).svc .$(KUBE_NAMESPACE).svc.cluster.local; do echo --host $$h$$d; done; done) \
+	  --host localhost --host 127.0.0.1
+	for n in $$(seq 0 $$(( $(KUBE_DATANODES) - 1 ))); do \
+	  $(STATIC_DIR)/client tls cert --dir $(KUBE_CERTS) --role datanode --name datanode-$$n \
+	    $$(for d in "" .$(KUBE_NAMESPACE).svc .$(KUBE_NAMESPACE).svc.cluster.local; do echo --host datanode-$$n.datanode$$d; done) || exit 1; \
+	done
+	$(STATIC_DIR)/client tls cert --dir $(KUBE_CERTS) --role client --name client
+	rm -rf $(KUBE_CERTS)/headnode $(KUBE_CERTS)/datanode && mkdir -p $(KUBE_CERTS)/headnode $(KUBE_CERTS)/datanode
+	cp $(KUBE_CERTS)/ca.pem $(KUBE_CERTS)/headnode.pem $(KUBE_CERTS)/headnode-key.pem $(KUBE_CERTS)/headnode/
+	cp $(KUBE_CERTS)/ca.pem $(KUBE_CERTS)/datanode-*.pem $(KUBE_CERTS)/datanode/
+	@echo "Secrets for deploy/kubernetes (the CA's key stays here):"
+	@echo "  kubectl create secret generic registro-headnode-tls --from-file=$(KUBE_CERTS)/headnode/"
+	@echo "  kubectl create secret generic registro-datanode-tls --from-file=$(KUBE_CERTS)/datanode/"
 
 ## system-tools: Prometheus and Chromium from Debian for tests/observability.rs, installed with
 ## apt-get when missing and make runs as root; otherwise it says why and those two tests skip.
@@ -90,7 +121,7 @@ static:
 
 ## images: registro-headnode, registro-datanode and registro-client, FROM scratch
 images: static
-	rm -rf $(IMAGE_DIR) && mkdir -p $(IMAGE_DIR)
+	rm -rf $(IMAGE_DIR) && mkdir -p $(IMAGE_DIR)/empty
 	cp $(STATIC_DIR)/headnode $(STATIC_DIR)/datanode $(STATIC_DIR)/client $(IMAGE_DIR)/
 	strip $(IMAGE_DIR)/* 2>/dev/null || true
 	for image in headnode datanode client; do \
@@ -132,6 +163,22 @@ ps:
 ## test-compose: the containers under faults (needs a Docker engine)
 test-compose: tools
 	COMPOSE="$(COMPOSE)" scripts/test-compose.sh
+
+## swarm-up: stack registro on Docker Swarm (compose/stack.yml), healthy; starts a single-node swarm when the engine is in none
+swarm-up: images certs
+	scripts/swarm-up.sh 120
+
+## swarm-down: removes stack registro and its secrets (volumes stay); leaves the swarm if swarm-up started it
+swarm-down:
+	scripts/swarm-down.sh 60
+
+## test-swarm: the stack on Docker Swarm under faults (needs a Docker engine)
+test-swarm: tools
+	scripts/test-swarm.sh
+
+## test-kubernetes-docker: deploy/kubernetes's args, names, certificates and securityContext played by plain Docker (needs a Docker engine)
+test-kubernetes-docker: tools images certs-kubernetes
+	scripts/test-kubernetes-docker.sh
 
 clean:
 	$(CARGO) clean

@@ -10,7 +10,7 @@
 //! |---|---|
 //! | UNAVAILABLE | the server or the path to it failed (no datanode SERVING, every one tried failed, a disk error, a headnode still warming up, a refused connection); the request may or may not have been carried out |
 //! | RESOURCE_EXHAUSTED | refused for load before anything was done (a full forward queue, too many Lists); the same request later, after a back-off, may get through |
-//! | a broken connection | the connection died under the call (the server was killed, a reset): tonic reports UNKNOWN or INTERNAL from its own transport, with the transport error as the source ([`is_broken_connection`]); like UNAVAILABLE, the request may or may not have been carried out |
+//! | a broken connection | the connection died under the call (the server was killed, a reset): tonic reports UNKNOWN or INTERNAL from its own transport, with the transport error as the source, or CANCELLED with hyper's "operation was canceled" when the call was still waiting on the connection that closed ([`is_broken_connection`]); like UNAVAILABLE, the request may or may not have been carried out |
 //!
 //! Nothing else is retried:
 //! - DEADLINE_EXCEEDED and CANCELLED: the caller's own deadline or cancellation (tonic reports a
@@ -76,9 +76,30 @@ pub fn is_retryable(code: Code) -> bool {
 /// call (the server died, a reset), rather than an answer from the server. tonic reports those
 /// as UNKNOWN (or INTERNAL for an HTTP/2 protocol error) with the transport error as the
 /// status's source; a status a server sent is decoded from its trailers and has no source.
+/// A call still waiting on a connection that closes (the server was killed with the request
+/// queued on it) is CANCELLED with hyper's "operation was canceled" as its source: broken too.
+/// The caller's own deadline is also CANCELLED, but with tonic's `TimeoutExpired`: not broken.
 pub fn is_broken_connection(status: &Status) -> bool {
-    matches!(status.code(), Code::Unknown | Code::Internal)
-        && std::error::Error::source(status).is_some()
+    let Some(source) = std::error::Error::source(status) else {
+        return false;
+    };
+    match status.code() {
+        Code::Unknown | Code::Internal => true,
+        Code::Cancelled => {
+            let mut cause = Some(source);
+            while let Some(err) = cause {
+                if err
+                    .downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_canceled)
+                {
+                    return true;
+                }
+                cause = err.source();
+            }
+            false
+        }
+        _ => false,
+    }
 }
 
 /// Whether this failed Store may be retried: a retryable code or a broken connection, and a
@@ -195,6 +216,12 @@ mod tests {
         // The same code sent by a server is an answer, not a broken connection.
         assert!(!is_broken_connection(&Status::unknown("x")));
         assert!(!is_broken_connection(&Status::internal("x")));
+        assert!(!is_broken_connection(&Status::cancelled("x")));
+        // CANCELLED with a source counts only with hyper's "canceled" in the chain (a
+        // `TimeoutExpired`, the caller's deadline, or anything else is not a broken connection).
+        let mut cancelled = Status::cancelled("x");
+        cancelled.set_source(std::sync::Arc::new(std::io::Error::other("deadline")));
+        assert!(!is_broken_connection(&cancelled));
         for code in [
             Code::InvalidArgument,
             Code::AlreadyExists,
