@@ -173,9 +173,12 @@ pub async fn serve(
     let store = store::StoreService::new(
         pool.clone(),
         registro_log.clone(),
-        config.dedupe,
-        config.max_message_bytes,
-        config.lists,
+        store::Settings {
+            replicas: config.replicas,
+            dedupe: config.dedupe,
+            max_message_bytes: config.max_message_bytes,
+            list_limits: config.lists,
+        },
         warm.clone(),
         crate::limits::Running::new(config.limits.max_in_flight),
     );
@@ -362,9 +365,7 @@ mod tests {
         let node = pool.get("127.0.0.1:1").unwrap();
         let (_warm_tx, warm) = tokio::sync::watch::channel(true);
         let mut followers = server::Followers::new();
-        let replicas = config.replicas;
-        followers
-            .spawn(|stop| follow_readiness(pool.clone(), replicas, warm, health.clone(), stop));
+        followers.spawn(|stop| follow_readiness(pool.clone(), 1, warm, health.clone(), stop));
         pool.record_probe(&node, &ProbeResult::Serving(Duration::ZERO));
         let mut serving = false;
         for _ in 0..200 {

@@ -1,7 +1,17 @@
 //! The headnode's `registro.v1.Store`: validates, deduplicates by request id, forwards the
-//! message's record (see [`super::record`]) to the first healthy datanode of its placement order
-//! (see [`super::placement`]) with failover down that order, and writes the registro log. `List`
-//! merges every reachable datanode's stream, oldest first, each id once.
+//! message's record (see [`super::record`]) to the first `--replicas` healthy datanodes of its
+//! placement order (see [`super::placement`]) in parallel, with failover down that order, and
+//! writes the registro log. `List` merges every reachable datanode's stream, oldest first, each
+//! id once.
+//!
+//! Replication: a Store is acknowledged only once `--replicas` datanodes have its record durably.
+//! Every replica gets the same record (the headnode set its id and stored_at), each through its
+//! own datanode's batcher, so a batch call still carries records for one datanode and one fsync
+//! covers many of them. A replica that fails is replaced by the next healthy datanode of the
+//! order (at most every member is tried once); fewer healthy datanodes than `--replicas` is
+//! UNAVAILABLE before anything is sent. A Store that failed after sending keeps its record (a
+//! bounded table, [`Attempts`]) so that the client's retry sends the same record and the
+//! replicas that had it and those that did not agree.
 //!
 //! Placement is what makes a retry safe beyond this headnode's memory: the same request id is
 //! placed on the same datanodes, in the same order, by every headnode and after a restart, so a
@@ -93,24 +103,45 @@ struct Forwarder {
     registro_log: LogFile,
     /// Request id → first reply: a repeat through this headnode is answered without a forward.
     dedupe: Dedupe<StoreReply>,
+    /// Datanodes that must hold a message before it is acknowledged (`--replicas`).
+    replicas: usize,
+    /// Records of partial Stores, for their retries.
+    attempts: Attempts,
+}
+
+/// How a headnode's Store service behaves (its flags).
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// `--replicas`: datanodes that hold each message.
+    pub replicas: usize,
+    /// Bounds of the idempotency map.
+    pub dedupe: dedupe::Limits,
+    pub max_message_bytes: usize,
+    pub list_limits: ListLimits,
 }
 
 impl StoreService {
     pub fn new(
         pool: Arc<Pool>,
         registro_log: LogFile,
-        dedupe: dedupe::Limits,
-        max_message_bytes: usize,
-        list_limits: ListLimits,
+        settings: Settings,
         warm: tokio::sync::watch::Receiver<bool>,
         running: crate::limits::Running,
     ) -> Self {
+        let Settings {
+            replicas,
+            dedupe,
+            max_message_bytes,
+            list_limits,
+        } = settings;
         Self {
             running,
             forwarder: Arc::new(Forwarder {
                 pool: pool.clone(),
                 registro_log,
                 dedupe: Dedupe::new(dedupe),
+                replicas: replicas.max(1),
+                attempts: Attempts::default(),
             }),
             pool,
             max_message_bytes,
@@ -133,8 +164,21 @@ impl Forwarder {
     ) -> Result<Outcome<StoreReply>, Status> {
         self.dedupe
             .run(&request_id, &message, || async {
-                let placed = record::new(&message, &request_id);
-                let reply = self.forward(placed, &caller).await?;
+                // A retry of a Store that reached some of its replicas and failed sends the same
+                // record again, so every replica ends up with one and the same record.
+                let placed = match self.attempts.take(&request_id, &message) {
+                    Some(placed) => placed,
+                    None => record::new(&message, &request_id),
+                };
+                let reply = match self.forward(&placed, &caller).await {
+                    Ok(reply) => reply,
+                    Err(Failed { status, sent }) => {
+                        if sent && !request_id.is_empty() {
+                            self.attempts.remember(&request_id, placed);
+                        }
+                        return Err(status);
+                    }
+                };
                 // The registro log is the record of stored messages: wait for room in its
                 // queue rather than lose a line (see `LogFile::append`).
                 self.registro_log
@@ -145,54 +189,182 @@ impl Forwarder {
             .await
     }
 
-    /// Forwards `record` to the first SERVING datanode of its placement order; on a datanode's
-    /// failure marks it down and goes to the next, on its load answers RESOURCE_EXHAUSTED (see
-    /// the module docs).
+    /// Stores `record` on the first `replicas` SERVING datanodes of its placement order, in
+    /// parallel, and answers once every one of them has it. A replica that fails (see the
+    /// module docs) is marked down and replaced by the next SERVING datanode of the order; load
+    /// (a busy datanode, a full queue) and a caller who gave up end the Store without
+    /// replacements, once the calls already sent have answered.
     async fn forward(
         &self,
-        record::Placed { key, record }: record::Placed,
+        record::Placed { key, record }: &record::Placed,
         caller: &batch::Caller,
-    ) -> Result<StoreReply, Status> {
-        let mut tried: Vec<String> = Vec::new();
-        for node in self.pool.placement(&key) {
-            if !node.is_serving() {
-                continue;
+    ) -> Result<StoreReply, Failed> {
+        let order = self.pool.placement(key);
+        let healthy = order.iter().filter(|n| n.is_serving()).count();
+        if healthy < self.replicas {
+            return Err(Failed {
+                status: too_few_healthy(self.replicas, healthy, order.len()),
+                sent: false,
+            });
+        }
+        let mut candidates = order.into_iter().enumerate();
+        let mut next_serving = move || candidates.find(|(_, node)| node.is_serving());
+        let send = |(rank, node): (usize, Arc<Datanode>)| {
+            let record = record.clone();
+            async move {
+                let result = node.store(record, caller).await;
+                (rank, node, result)
             }
-            let error = match node.store(record.clone(), caller).await {
-                Ok(mut reply) => {
+        };
+        let mut calls = futures::stream::FuturesUnordered::new();
+        for _ in 0..self.replicas {
+            if let Some(candidate) = next_serving() {
+                calls.push(send(candidate));
+            }
+        }
+        let mut stored: Vec<(usize, StoreReply)> = Vec::with_capacity(self.replicas);
+        let mut failed: Vec<String> = Vec::new();
+        // The first error that is not the datanode's failure: it ends the Store (no replacements).
+        let mut refused: Option<Status> = None;
+        while let Some((rank, node, result)) = calls.next().await {
+            let error = match result {
+                Ok(reply) => {
                     node.count_routed();
-                    if reply.replicas.is_empty() {
-                        reply.replicas = vec![reply.datanode.clone()];
-                    }
-                    return Ok(reply);
+                    stored.push((rank, reply));
+                    continue;
                 }
                 Err(batch::Error::Expired { waited }) => {
-                    return Err(Status::deadline_exceeded(format!(
-                        "the caller gave up (its deadline passed, or it went away) after {} in the headnode's queue for {}; the message was not sent and is not stored",
+                    refused.get_or_insert_with(|| Status::deadline_exceeded(format!(
+                        "the caller gave up (its deadline passed, or it went away) after {} in the headnode's queue for {}; the message was not sent there and is not acknowledged",
                         humantime::format_duration(waited),
                         node.name
                     )));
+                    continue;
                 }
                 Err(e @ (batch::Error::Full(_) | batch::Error::Busy(_))) => {
                     tracing::debug!(datanode = %node.name, error = %e, "datanode busy");
-                    return Err(busy(&node.name, &e.to_string()));
+                    refused.get_or_insert_with(|| busy(&node.name, &e.to_string()));
+                    continue;
                 }
                 Err(batch::Error::Message(status))
                     if !crate::retry::is_retryable(status.code()) =>
                 {
-                    return Err(status);
+                    refused.get_or_insert(status);
+                    continue;
                 }
                 Err(batch::Error::Message(status)) if status.code() == Code::ResourceExhausted => {
-                    return Err(busy(&node.name, status.message()));
+                    refused.get_or_insert_with(|| busy(&node.name, status.message()));
+                    continue;
                 }
                 Err(batch::Error::Message(status)) => describe(&status),
                 Err(batch::Error::Call(error)) => error,
             };
             tracing::warn!(datanode = %node.name, error = %error, "forward failed; marking the datanode down and trying the next in the message's placement order");
             self.pool.mark_down(&node, &error);
-            tried.push(node.name.clone());
+            failed.push(node.name.clone());
+            if refused.is_none()
+                && let Some(candidate) = next_serving()
+            {
+                calls.push(send(candidate));
+            }
         }
-        Err(no_datanode(&tried))
+        if let Some(status) = refused {
+            return Err(Failed { status, sent: true });
+        }
+        if stored.len() < self.replicas {
+            return Err(Failed {
+                status: not_enough_replicas(self.replicas, &stored, &failed),
+                sent: true,
+            });
+        }
+        stored.sort_by_key(|(rank, _)| *rank);
+        Ok(acknowledge(&record.message, stored))
+    }
+}
+
+/// Why a forward failed, and whether it sent the record anywhere (then some datanode may hold
+/// it, and a retry should send the same record).
+struct Failed {
+    status: Status,
+    sent: bool,
+}
+
+/// The reply to a Store that `stored` (in placement order) all hold: the first replica's
+/// answer, naming every replica.
+fn acknowledge(message: &str, stored: Vec<(usize, StoreReply)>) -> StoreReply {
+    let replicas: Vec<String> = stored
+        .iter()
+        .map(|(_, reply)| reply.datanode.clone())
+        .collect();
+    let mut replies = stored.into_iter().map(|(_, reply)| reply);
+    let mut reply = replies.next().unwrap_or_default();
+    for other in replies {
+        if other.id != reply.id || other.stored_at != reply.stored_at {
+            // Only a retry through another headnode after a partial Store can do this: the
+            // first replica held an earlier record of the same request id.
+            tracing::warn!(id = %field(&reply.id), other = %field(&other.id), datanode = %field(&other.datanode), "replicas answered with different records of one request id");
+        }
+    }
+    reply.receipt = crate::receipt(message, &crate::names(&replicas));
+    reply.datanode = replicas.first().cloned().unwrap_or_default();
+    reply.replicas = replicas;
+    reply
+}
+
+/// Records of Stores that reached some replicas and then failed, by request id: the client's
+/// retry sends the same record (id and stored_at), so the replicas that already have it and the
+/// ones that do not yet end up with the same record. Bounded; the oldest is forgotten first (a
+/// retry after that still stores the message, and the copies differ only in `stored_at`).
+#[derive(Default)]
+struct Attempts {
+    inner: std::sync::Mutex<AttemptsInner>,
+}
+
+#[derive(Default)]
+struct AttemptsInner {
+    records: std::collections::HashMap<String, record::Placed>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Attempts {
+    /// Records remembered at most (each at most one message, `--max-message-bytes`).
+    const CAPACITY: usize = 1024;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AttemptsInner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn remember(&self, request_id: &str, placed: record::Placed) {
+        let mut inner = self.lock();
+        if inner
+            .records
+            .insert(request_id.to_string(), placed)
+            .is_none()
+        {
+            inner.order.push_back(request_id.to_string());
+        }
+        while inner.order.len() > Self::CAPACITY {
+            if let Some(old) = inner.order.pop_front() {
+                inner.records.remove(&old);
+            }
+        }
+    }
+
+    /// The record of an earlier attempt of `request_id` with this `message`, forgotten here
+    /// (the retry remembers it again if it fails too).
+    fn take(&self, request_id: &str, message: &str) -> Option<record::Placed> {
+        if request_id.is_empty() {
+            return None;
+        }
+        let mut inner = self.lock();
+        if inner.records.is_empty() {
+            return None;
+        }
+        let placed = inner.records.remove(request_id)?;
+        inner.order.retain(|k| k != request_id);
+        (placed.record.message == message).then_some(placed)
     }
 }
 
@@ -205,16 +377,42 @@ fn busy(datanode: &str, why: &str) -> Status {
     ))
 }
 
-/// The error when no datanode is left to try.
-fn no_datanode(tried: &[String]) -> Status {
-    Status::unavailable(if tried.is_empty() {
-        "no healthy datanode: none has passed its last health check".to_string()
+/// The error when fewer datanodes are healthy than a Store needs: at once, before any forward.
+fn too_few_healthy(replicas: usize, healthy: usize, members: usize) -> Status {
+    if replicas == 1 {
+        return Status::unavailable(format!(
+            "no healthy datanode: none of {members} has passed its last health check"
+        ));
+    }
+    Status::unavailable(format!(
+        "not enough healthy datanodes: --replicas {replicas} needs {replicas}, {healthy} of {members} healthy; nothing stored"
+    ))
+}
+
+/// The error when the datanodes left to try ran out before `replicas` held the message.
+fn not_enough_replicas(
+    replicas: usize,
+    stored: &[(usize, StoreReply)],
+    failed: &[String],
+) -> Status {
+    let failed = if failed.is_empty() {
+        "none failed".to_string()
     } else {
-        format!(
-            "no healthy datanode: forwards to {} failed",
-            tried.join(", ")
-        )
-    })
+        format!("forwards to {} failed", failed.join(", "))
+    };
+    if replicas == 1 {
+        return Status::unavailable(format!("no healthy datanode: {failed}"));
+    }
+    let holders: Vec<String> = stored.iter().map(|(_, r)| r.datanode.clone()).collect();
+    Status::unavailable(format!(
+        "not enough healthy datanodes: stored on {} of the {replicas} replicas needed ({}) and no healthy datanode is left to try ({failed}); not acknowledged",
+        holders.len(),
+        if holders.is_empty() {
+            "none".to_string()
+        } else {
+            holders.join(", ")
+        },
+    ))
 }
 
 /// The caller's deadline, from the `grpc-timeout` header a gRPC client sends when it has one
@@ -244,11 +442,17 @@ fn caller_deadline(metadata: &MetadataMap) -> Option<Instant> {
 /// datanode (which a datanode chose) are escaped, so the line never breaks.
 pub fn registro_line(ts: &str, reply: &StoreReply, message: &str) -> String {
     let quoted = serde_json::to_string(message).unwrap_or_default();
-    format!(
-        "{ts} {} {} {quoted}",
-        field(&reply.id),
-        field(&reply.datanode)
-    )
+    let holders = if reply.replicas.is_empty() {
+        field(&reply.datanode).to_string()
+    } else {
+        reply
+            .replicas
+            .iter()
+            .map(|name| field(name).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    format!("{ts} {} {holders} {quoted}", field(&reply.id))
 }
 
 #[tonic::async_trait]
@@ -500,6 +704,74 @@ mod tests {
             line,
             r#"ts id1\n2026-11-23T10:00:00.000Z\u{20}forged d\u{20}2\r "m\nm""#
         );
+    }
+
+    #[test]
+    fn a_registro_line_names_every_replica() {
+        let reply = StoreReply {
+            id: "id1".into(),
+            datanode: "datanode2".into(),
+            replicas: vec!["datanode2".into(), "datanode3".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            registro_line("ts", &reply, "Hola"),
+            r#"ts id1 datanode2,datanode3 "Hola""#
+        );
+    }
+
+    fn reply_from(datanode: &str, seconds: i64) -> StoreReply {
+        StoreReply {
+            id: "id1".into(),
+            datanode: datanode.into(),
+            stored_at: Some(prost_types::Timestamp { seconds, nanos: 0 }),
+            receipt: crate::receipt("Hola", datanode),
+            replicas: vec![datanode.into()],
+        }
+    }
+
+    #[test]
+    fn an_acknowledgement_names_the_replicas_in_placement_order() {
+        let reply = acknowledge(
+            "Hola",
+            vec![
+                (0, reply_from("datanode3", 7)),
+                (2, reply_from("datanode1", 7)),
+            ],
+        );
+        assert_eq!(reply.datanode, "datanode3");
+        assert_eq!(reply.replicas, ["datanode3", "datanode1"]);
+        assert_eq!(
+            reply.receipt,
+            "Message 'Hola' stored on datanode3 and datanode1."
+        );
+        assert_eq!(reply.stored_at.unwrap().seconds, 7);
+        let one = acknowledge("Hola", vec![(1, reply_from("datanode2", 7))]);
+        assert_eq!(one.receipt, "Message 'Hola' stored on datanode2.");
+        assert_eq!(one.replicas, ["datanode2"]);
+    }
+
+    #[test]
+    fn a_failed_attempt_is_retried_with_the_same_record() {
+        let attempts = Attempts::default();
+        let placed = record::new("m", "k1");
+        attempts.remember("k1", placed.clone());
+        assert_eq!(
+            attempts.take("k1", "other message"),
+            None,
+            "another message"
+        );
+        attempts.remember("k1", placed.clone());
+        assert_eq!(attempts.take("k1", "m"), Some(placed.clone()));
+        assert_eq!(attempts.take("k1", "m"), None, "taken once");
+        assert_eq!(attempts.take("", "m"), None);
+        for i in 0..Attempts::CAPACITY + 10 {
+            attempts.remember(&format!("k{i}"), record::new("m", &format!("k{i}")));
+        }
+        let inner = attempts.lock();
+        assert_eq!(inner.records.len(), Attempts::CAPACITY);
+        assert_eq!(inner.order.len(), Attempts::CAPACITY);
+        assert!(!inner.records.contains_key("k0"), "the oldest is forgotten");
     }
 
     #[test]

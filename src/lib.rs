@@ -84,6 +84,15 @@ pub fn receipt(message: &str, datanode: &str) -> String {
     format!("Message '{}' stored on {datanode}.", preview(message))
 }
 
+/// Names for a sentence: `a`, `a and b`, `a, b and c`.
+pub fn names(names: &[String]) -> String {
+    match names {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
 /// Checks a message against the rules every Store enforces, headnode and datanode alike.
 pub fn validate_message(message: &str, max_bytes: usize) -> Result<(), tonic::Status> {
     if message.is_empty() {
@@ -96,4 +105,16 @@ pub fn validate_message(message: &str, max_bytes: usize) -> Result<(), tonic::St
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_read_as_a_sentence() {
+        let n = |v: &[&str]| super::names(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(n(&[]), "");
+        assert_eq!(n(&["a"]), "a");
+        assert_eq!(n(&["a", "b"]), "a and b");
+        assert_eq!(n(&["a", "b", "c"]), "a, b and c");
+    }
 }
