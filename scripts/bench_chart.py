@@ -520,6 +520,11 @@ def markdown(table, detections, commands, settings, out_dir, machine_info):
                     md.append(f"| {mode} | {SHORT[s]} | " + " | ".join(cells) + " |")
         md.append("")
 
+    # Hand-written notes kept across runs (what each optimisation bought, with its commands).
+    notes = os.path.join("docs", "bench-notes.md")
+    if os.path.exists(notes):
+        md += open(notes).read().rstrip().splitlines() + [""]
+
     if detections:
         md += ["## Failure detection", ""]
         statuses = sorted({d["status"] for d in detections})
