@@ -51,6 +51,11 @@ struct Args {
     /// Stores at a time (probes use one more).
     #[arg(long, env = "REGISTRO_DATANODE_CONNECTIONS", default_value_t = DEFAULT_DATANODE_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     datanode_connections: usize,
+    /// Threads that run the headnode's work [default: one per CPU]. 1 runs everything on one
+    /// thread (tokio's current-thread scheduler: no hand-offs between threads, the least CPU per
+    /// Store); more use the multi-thread scheduler with that many workers.
+    #[arg(long, env = "REGISTRO_WORKER_THREADS", value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    worker_threads: Option<usize>,
     /// Serve Prometheus metrics (GET /metrics) and the status page (GET /) over HTTP on this
     /// address, e.g. 0.0.0.0:9500 [default: off].
     #[arg(long, env = "REGISTRO_METRICS_LISTEN")]
@@ -59,9 +64,21 @@ struct Args {
     common: registro::server::CommonArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut runtime = match args.worker_threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    runtime.enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     registro::config::init_tracing();
     let tls = args.common.tls.load()?;
     let listener = registro::server::bind(&args.listen).await?;

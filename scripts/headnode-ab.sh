@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Side by side: two or more headnode builds under the same h2load load, in the same run.
 #
-# Each round starts, for every binary in turn (the order rotates each round), a fresh cluster of
-# three datanodes (--fsync $MODE) and that headnode (--datanodes, every port 127.0.0.1:0), then
-# runs h2load at each level of requests in flight for $SECONDS_PER seconds. Prints, per binary and
-# level, the median req/s and p99 over the rounds, the headnode's CPU µs per Store, and each
-# binary's median ratio to the first one's.
+# Starts, for every binary, a cluster of three datanodes (--fsync $MODE) and that headnode
+# (--datanodes, every port 127.0.0.1:0), all at once; then at each level of requests in flight
+# runs h2load for $SECONDS_PER seconds against each headnode in turn (the order rotates each
+# round), $ROUNDS times. Prints, per binary and level, the median req/s and p99 over the rounds,
+# the headnode's CPU µs per Store, and the median of each round's ratio to the first binary.
 #
 # Usage: scripts/headnode-ab.sh BINARY... (take the benchmark lock: flock /tmp/registro-bench.lock)
-# Settings: LEVELS="1 8 64 256" ROUNDS=3 SECONDS_PER=6 MODE=never CONNECTIONS=4 SIZE=100
+# Settings: LEVELS="1 8 64 256" ROUNDS=8 SECONDS_PER=2 MODE=never CONNECTIONS=4 SIZE=100
 #           HEADNODE_ARGS="" (extra flags for every headnode); ENV_<n>="VAR=value ..." (environment
 #           of the n-th binary, from 1, e.g. ENV_2="TOKIO_WORKER_THREADS=1")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 read -r -a levels <<<"${LEVELS:-1 8 64 256}"
-rounds=${ROUNDS:-3}
-secs=${SECONDS_PER:-6}
+rounds=${ROUNDS:-8}
+secs=${SECONDS_PER:-2}
 mode=${MODE:-never}
 connections=${CONNECTIONS:-4}
 size=${SIZE:-100}
@@ -46,56 +46,60 @@ addr_of() {
 }
 ticks() { local f; read -r -a f <"/proc/$1/stat"; echo $((f[13] + f[14])); }
 results=$work/results.txt
-for round in $(seq 1 "$rounds"); do
-  n=${#binaries[@]}
-  for k in $(seq 0 $((n - 1))); do
-    i=$(((k + round - 1) % n))
-    headnode=${binaries[i]}
-    dir=$work/r$round-$i
-    mkdir -p "$dir"
-    addrs=()
-    for d in 1 2 3; do
-      "$bin/datanode" --listen 127.0.0.1:0 --name "datanode$d" --data-dir "$dir/datanode$d" \
-        --fsync "$mode" </dev/null >/dev/null 2>"$dir/datanode$d.err" &
-      pids+=($!)
-      addrs+=("$(addr_of "$dir/datanode$d.err")")
-    done
-    envvar="ENV_$((i + 1))"
-    read -r -a extra_env <<<"${!envvar:-}"
-    env "${extra_env[@]}" "$headnode" --listen 127.0.0.1:0 --datanodes "$(IFS=,; echo "${addrs[*]}")" \
-      "${head_args[@]}" --heartbeat-log "$dir/heartbeat.log" --registro-log "$dir/registro.log" \
-      </dev/null >/dev/null 2>"$dir/headnode.err" &
-    head=$!
-    pids+=($head)
-    addr=$(addr_of "$dir/headnode.err")
-    for _ in $(seq 1 300); do
-      "$bin/client" --addr "http://$addr" health --service registro.v1.Store >/dev/null 2>&1 && break
-      sleep 0.1
-    done
-    h2load -D 1 -c 4 -m 16 -d "$work/body.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
-      "http://$addr/registro.v1.Store/Store" >/dev/null 2>&1
-    for level in "${levels[@]}"; do
-      c=$((level < connections ? level : connections))
-      m=$(((level + c - 1) / c))
+# One cluster per binary, all up at once and idle but for the one under load, so each short
+# measurement of one binary sits between measurements of the others: the machine's noise
+# falls on all of them alike.
+declare -a heads=() urls=()
+for i in "${!binaries[@]}"; do
+  dir=$work/b$i
+  mkdir -p "$dir"
+  addrs=()
+  for d in 1 2 3; do
+    "$bin/datanode" --listen 127.0.0.1:0 --name "datanode$d" --data-dir "$dir/datanode$d" \
+      --fsync "$mode" </dev/null >/dev/null 2>"$dir/datanode$d.err" &
+    pids+=($!)
+    addrs+=("$(addr_of "$dir/datanode$d.err")")
+  done
+  envvar="ENV_$((i + 1))"
+  read -r -a extra_env <<<"${!envvar:-}"
+  env "${extra_env[@]}" "${binaries[i]}" --listen 127.0.0.1:0 --datanodes "$(IFS=,; echo "${addrs[*]}")" \
+    "${head_args[@]}" --heartbeat-log "$dir/heartbeat.log" --registro-log "$dir/registro.log" \
+    </dev/null >/dev/null 2>"$dir/headnode.err" &
+  heads[i]=$!
+  pids+=($!)
+  urls[i]="http://$(addr_of "$dir/headnode.err")"
+done
+for i in "${!binaries[@]}"; do
+  for _ in $(seq 1 300); do
+    "$bin/client" --addr "${urls[i]}" health --service registro.v1.Store >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  h2load -D 1 -c 4 -m 16 -d "$work/body.bin" -H 'content-type: application/grpc' -H 'te: trailers' \
+    "${urls[i]}/registro.v1.Store/Store" >/dev/null 2>&1
+done
+n=${#binaries[@]}
+for level in "${levels[@]}"; do
+  c=$((level < connections ? level : connections))
+  m=$(((level + c - 1) / c))
+  for round in $(seq 1 "$rounds"); do
+    for k in $(seq 0 $((n - 1))); do
+      i=$(((k + round - 1) % n))
+      head=${heads[i]}
       t0=$(ticks "$head")
       h2load -D "$secs" -c "$c" -m "$m" -d "$work/body.bin" -H 'content-type: application/grpc' \
-        -H 'te: trailers' --log-file "$dir/l$level.tsv" "http://$addr/registro.v1.Store/Store" \
-        >"$dir/l$level.txt" 2>&1
+        -H 'te: trailers' --log-file "$work/run.tsv" "${urls[i]}/registro.v1.Store/Store" \
+        >"$work/run.txt" 2>&1
       t1=$(ticks "$head")
-      python3 - "$(python3 scripts/bench_chart.py h2load "$dir/l$level.txt" "$dir/l$level.tsv")" \
+      python3 - "$(python3 scripts/bench_chart.py h2load "$work/run.txt" "$work/run.tsv")" \
         "$i" "$round" "$level" "$((t1 - t0))" "$(getconf CLK_TCK)" >>"$results" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1]); i, rnd, level, ticks, hz = sys.argv[2:]
 cpu = int(ticks) * 1e6 / int(hz) / max(r["ok"], 1)
 print(i, rnd, level, r["throughput_rps"], r["latency_us"]["p99"], round(cpu, 1), r["errors"])
 PY
-      rm -f "$dir/l$level.tsv"
+      rm -f "$work/run.tsv"
       printf '%s\n' "$(tail -n 1 "$results")" >&2
     done
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    pids=()
-    rm -rf "$dir"
   done
 done
 python3 - "$results" "${binaries[@]}" <<'PY'
