@@ -613,7 +613,11 @@ mod tests {
         caller.abort();
         assert!(caller.await.unwrap_err().is_cancelled());
         go_tx.send(()).unwrap();
-        assert_eq!(done_rx.await.unwrap(), 7, "the rest ran in a task of its own");
+        assert_eq!(
+            done_rx.await.unwrap(),
+            7,
+            "the rest ran in a task of its own"
+        );
         assert_eq!(run_to_completion(async { 2 }).await, 2);
     }
 
