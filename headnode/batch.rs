@@ -211,10 +211,13 @@ struct Lease {
 }
 
 impl Lease {
-    fn client(&mut self) -> &mut DatanodeClient<Channel> {
-        self.client
-            .as_mut()
-            .unwrap_or_else(|| unreachable!("a lease holds its client until dropped"))
+    /// One call on the leased connection (a lease holds its client until dropped).
+    async fn call(&mut self, records: Vec<Record>) -> Result<Vec<StoreResult>, Error> {
+        let timeout = self.shared.forward_timeout;
+        match self.client.as_mut() {
+            Some(client) => call(client, records, timeout).await,
+            None => Err(Error::Call("no connection in the lease".into())),
+        }
     }
 }
 
@@ -277,8 +280,13 @@ impl Batcher {
     /// sent, the call's outcome is awaited whatever the caller does.
     pub async fn store(&self, record: Record, caller: &Caller) -> Result<StoreReply, Error> {
         let queued = Instant::now();
-        let (mut rx, state) = match self.enter(record, caller, queued)? {
-            Entry::Direct(mut lease, record) => {
+        let mut record = Some(record);
+        let (mut rx, state) = match self.enter(&mut record, caller, queued)? {
+            Entry::Direct(mut lease) => {
+                // `enter` takes the record only to queue it.
+                let Some(record) = record else {
+                    return Err(Error::Call("the record was lost before sending".into()));
+                };
                 // A connection is free and nobody is ahead: this record goes alone, now, from
                 // this task. Its caller is here, so it has gone away only if its deadline passed.
                 if caller.has_given_up(queued) {
@@ -286,8 +294,7 @@ impl Batcher {
                         waited: Duration::ZERO,
                     });
                 }
-                let timeout = self.shared.forward_timeout;
-                let answer = call(lease.client(), vec![record], timeout).await;
+                let answer = lease.call(vec![record]).await;
                 drop(lease);
                 return answer.and_then(|results| {
                     results
@@ -317,19 +324,27 @@ impl Batcher {
         rx.await.unwrap_or_else(|_| Err(dropped()))
     }
 
-    /// Takes an idle connection for `record` when nothing is queued, else queues it (or refuses
-    /// it when the queue is full).
-    fn enter(&self, record: Record, caller: &Caller, queued: Instant) -> Result<Entry, Error> {
+    /// Takes an idle connection for `record` when nothing is queued (leaving the record to the
+    /// caller), else takes the record and queues it (or refuses it when the queue is full). One
+    /// critical section, so a connection cannot go idle while a Store queues behind it.
+    fn enter(
+        &self,
+        record: &mut Option<Record>,
+        caller: &Caller,
+        queued: Instant,
+    ) -> Result<Entry, Error> {
         let mut state = self.shared.lock();
         if state.queue.is_empty()
             && let Some(client) = state.idle.pop()
         {
-            let lease = Lease {
+            return Ok(Entry::Direct(Lease {
                 client: Some(client),
                 shared: self.shared.clone(),
-            };
-            return Ok(Entry::Direct(lease, record));
+            }));
         }
+        let Some(record) = record.take() else {
+            return Err(Error::Call("no record to store".into()));
+        };
         let (reply, rx) = oneshot::channel();
         let flag = Arc::new(AtomicU8::new(QUEUED));
         let pending = Pending {
@@ -348,7 +363,7 @@ impl Batcher {
 /// Where [`Batcher::enter`] put a Store.
 enum Entry {
     /// On an idle connection, to be sent at once by the caller.
-    Direct(Lease, Record),
+    Direct(Lease),
     /// In the queue: the reply to wait for, and the [`Pending::state`] to race for.
     Queued(oneshot::Receiver<Result<StoreReply, Error>>, Arc<AtomicU8>),
 }
@@ -393,8 +408,7 @@ fn next_batch(queue: &mut VecDeque<Pending>, occupancy: &Occupancy) -> Vec<Pendi
 async fn send(mut lease: Lease, batch: Vec<Pending>) {
     let (records, replies): (Vec<_>, Vec<_>) =
         batch.into_iter().map(|p| (p.record, p.reply)).unzip();
-    let timeout = lease.shared.forward_timeout;
-    match call(lease.client(), records, timeout).await {
+    match lease.call(records).await {
         Ok(results) => {
             for (result, reply) in results.into_iter().zip(replies) {
                 let _ = reply.send(outcome(result));
