@@ -176,7 +176,7 @@ impl Occupancy {
 /// There is no sending task: a Store that finds a connection idle and nothing queued sends its
 /// record at once from its own task (no hand-off, no spawn); otherwise it queues. A call that
 /// ends hands its connection, with everything queued meanwhile, to the next call (a task of its
-/// own), or back to the idle list when nothing waits (see [`Lease`]).
+/// own), or back to the idle list when nothing waits (see `Lease`).
 pub struct Batcher {
     shared: Arc<Shared>,
 }
