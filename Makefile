@@ -189,7 +189,12 @@ clean:
 metrics-overhead: build
 	scripts/metrics-overhead.sh
 
-## bench: Store throughput and latency (direct, headnode, nginx) and failure detection; writes BENCHMARKS.md and docs/bench.svg
+## store-cost: headnode instructions per forwarded Store (callgrind, 1 in flight); binaries as ARGS
+.PHONY: store-cost
+store-cost: build
+	scripts/store-cost.sh $(ARGS)
+
+## bench: Store throughput and latency by requests in flight (direct, headnode, nginx, HAProxy, headnode --replicas 2) and failure detection; writes BENCHMARKS.md and docs/bench.svg
 .PHONY: bench
 bench:
 	scripts/bench.sh

@@ -6,8 +6,9 @@
 //! headnode's CPU per Store when every message went alone. A [`Batcher`] keeps one call open per
 //! forward connection to its datanode (`--datanode-connections`, default 1); while they are out,
 //! new Stores queue, and the next call takes everything queued (up to [`MAX_BATCH_MESSAGES`] and
-//! [`MAX_BATCH_BYTES`]). Under light load a call carries one message and leaves at once, so
-//! batching never adds a wait; under heavy load the calls grow instead of the stream count.
+//! [`MAX_BATCH_BYTES`]). Under light load a call carries one message and leaves at once, from the
+//! Store's own task (no hand-off to another task), so batching never adds a wait; under heavy
+//! load the calls grow instead of the stream count.
 //!
 //! Load is not failure. Time a message spends in this queue is the headnode's own load and says
 //! nothing about the datanode, so the two waits are kept apart:
@@ -29,11 +30,12 @@
 //! Every message keeps its own outcome: the datanode answers each one (stored, a repeated
 //! request id, or its own error, [`Error::Message`]).
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -169,27 +171,86 @@ impl Occupancy {
     }
 }
 
-/// The queue of Stores bound for one datanode, and the task that sends them.
+/// The queue of Stores bound for one datanode, and the connections that send them.
+///
+/// There is no sending task: a Store that finds a connection idle and nothing queued sends its
+/// record at once from its own task (no hand-off, no spawn); otherwise it queues. A call that
+/// ends hands its connection, with everything queued meanwhile, to the next call (a task of its
+/// own), or back to the idle list when nothing waits (see `Lease`).
 pub struct Batcher {
-    queue: mpsc::UnboundedSender<Pending>,
-    /// The queue's bound: the channel is unbounded, [`Occupancy::admit`] bounds it.
-    occupancy: Arc<Occupancy>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: std::sync::Mutex<State>,
+    /// The queue's bound, checked when a Store queues.
+    occupancy: Occupancy,
+    forward_timeout: Duration,
+}
+
+/// What the lock guards: the queue, and the connections with no call out.
+struct State {
+    queue: VecDeque<Pending>,
+    idle: Vec<DatanodeClient<Channel>>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Nothing under the lock can panic halfway; a poisoned lock still holds a sound state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A connection taken for one call. Given back when dropped, whatever happened to the call (it
+/// ended, or the future making it was dropped): to the next batch if Stores are queued (a task
+/// of its own sends it), else to the idle list. So a connection is never lost, and a queued Store
+/// always has a call coming.
+struct Lease {
+    client: Option<DatanodeClient<Channel>>,
+    shared: Arc<Shared>,
+}
+
+impl Lease {
+    /// One call on the leased connection (a lease holds its client until dropped).
+    async fn call(&mut self, records: Vec<Record>) -> Result<Vec<StoreResult>, Error> {
+        let timeout = self.shared.forward_timeout;
+        match self.client.as_mut() {
+            Some(client) => call(client, records, timeout).await,
+            None => Err(Error::Call("no connection in the lease".into())),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(client) = self.client.take() else {
+            return;
+        };
+        let mut state = self.shared.lock();
+        let batch = next_batch(&mut state.queue, &self.shared.occupancy);
+        let runtime = tokio::runtime::Handle::try_current();
+        match runtime {
+            Ok(runtime) if !batch.is_empty() => {
+                drop(state);
+                let lease = Lease {
+                    client: Some(client),
+                    shared: self.shared.clone(),
+                };
+                runtime.spawn(send(lease, batch));
+            }
+            // Nothing wanted (or no runtime left to send on: the process is ending, and the
+            // batch's callers get "dropped unanswered").
+            _ => state.idle.push(client),
+        }
+    }
 }
 
 impl Batcher {
-    /// Starts the sending task on `channels`, with one call out on each at a time, each call
-    /// given `forward_timeout` from when it is sent. The task ends when the batcher is dropped
-    /// and its queue is empty.
+    /// A batcher on `channels`, with one call out on each at a time, each call given
+    /// `forward_timeout` from when it is sent.
     pub fn new(channels: Vec<Channel>, forward_timeout: Duration) -> Self {
         let connections = channels.len().max(1);
-        let occupancy = Arc::new(Occupancy {
-            messages: AtomicUsize::new(0),
-            bytes: AtomicUsize::new(0),
-            max_messages: QUEUED_CALLS * MAX_BATCH_MESSAGES * connections,
-            max_bytes: QUEUED_CALLS * MAX_BATCH_BYTES * connections,
-        });
-        let (queue, rx) = mpsc::unbounded_channel();
-        let clients = channels
+        let idle = channels
             .into_iter()
             .map(|channel| {
                 DatanodeClient::new(channel)
@@ -197,36 +258,54 @@ impl Batcher {
                     .max_encoding_message_size(crate::server::MAX_GRPC_BATCH_BYTES)
             })
             .collect();
-        tokio::spawn(send_batches(
-            rx,
-            clients,
-            occupancy.clone(),
-            forward_timeout,
-        ));
-        Self { queue, occupancy }
+        Self {
+            shared: Arc::new(Shared {
+                state: std::sync::Mutex::new(State {
+                    queue: VecDeque::new(),
+                    idle,
+                }),
+                occupancy: Occupancy {
+                    messages: AtomicUsize::new(0),
+                    bytes: AtomicUsize::new(0),
+                    max_messages: QUEUED_CALLS * MAX_BATCH_MESSAGES * connections,
+                    max_bytes: QUEUED_CALLS * MAX_BATCH_BYTES * connections,
+                },
+                forward_timeout,
+            }),
+        }
     }
 
     /// Stores one message through the next call to this datanode. A `caller` that gives up
     /// (its deadline, or gone) while the message is still queued stops it from being sent; once
     /// sent, the call's outcome is awaited whatever the caller does.
     pub async fn store(&self, record: Record, caller: &Caller) -> Result<StoreReply, Error> {
-        let deadline = caller.deadline;
-        let (reply, mut rx) = oneshot::channel();
-        let state = Arc::new(AtomicU8::new(QUEUED));
         let queued = Instant::now();
-        let pending = Pending {
-            record,
-            caller: caller.clone(),
-            queued,
-            state: state.clone(),
-            reply,
+        let mut record = Some(record);
+        let (mut rx, state) = match self.enter(&mut record, caller, queued)? {
+            Entry::Direct(mut lease) => {
+                // `enter` takes the record only to queue it.
+                let Some(record) = record else {
+                    return Err(Error::Call("the record was lost before sending".into()));
+                };
+                // A connection is free and nobody is ahead: this record goes alone, now, from
+                // this task. Its caller is here, so it has gone away only if its deadline passed.
+                if caller.has_given_up(queued) {
+                    return Err(Error::Expired {
+                        waited: Duration::ZERO,
+                    });
+                }
+                let answer = lease.call(vec![record]).await;
+                drop(lease);
+                return answer.and_then(|results| {
+                    results
+                        .into_iter()
+                        .next()
+                        .map_or_else(|| Err(Error::Call("no result".into())), outcome)
+                });
+            }
+            Entry::Queued(rx, state) => (rx, state),
         };
-        let bytes = pending.bytes();
-        self.occupancy.admit(bytes)?;
-        if self.queue.send(pending).is_err() {
-            self.occupancy.release(bytes);
-            return Err(Error::Call("the datanode's forward queue is closed".into()));
-        }
+        let deadline = caller.deadline;
         let dropped = || Error::Call("the forward was dropped unanswered".into());
         if let Some(deadline) = deadline
             && let Ok(answer) = tokio::time::timeout_at(deadline, &mut rx).await
@@ -244,105 +323,121 @@ impl Batcher {
         }
         rx.await.unwrap_or_else(|_| Err(dropped()))
     }
+
+    /// Takes an idle connection for `record` when nothing is queued (leaving the record to the
+    /// caller), else takes the record and queues it (or refuses it when the queue is full). One
+    /// critical section, so a connection cannot go idle while a Store queues behind it.
+    fn enter(
+        &self,
+        record: &mut Option<Record>,
+        caller: &Caller,
+        queued: Instant,
+    ) -> Result<Entry, Error> {
+        let mut state = self.shared.lock();
+        if state.queue.is_empty()
+            && let Some(client) = state.idle.pop()
+        {
+            return Ok(Entry::Direct(Lease {
+                client: Some(client),
+                shared: self.shared.clone(),
+            }));
+        }
+        let Some(record) = record.take() else {
+            return Err(Error::Call("no record to store".into()));
+        };
+        let (reply, rx) = oneshot::channel();
+        let flag = Arc::new(AtomicU8::new(QUEUED));
+        let pending = Pending {
+            record,
+            caller: caller.clone(),
+            queued,
+            state: flag.clone(),
+            reply,
+        };
+        self.shared.occupancy.admit(pending.bytes())?;
+        state.queue.push_back(pending);
+        Ok(Entry::Queued(rx, flag))
+    }
 }
 
-/// Sends what is queued, in calls of up to [`MAX_BATCH_MESSAGES`], with at most one call out on
-/// each client (connection) at a time.
-async fn send_batches(
-    mut rx: mpsc::UnboundedReceiver<Pending>,
-    clients: Vec<DatanodeClient<Channel>>,
-    occupancy: Arc<Occupancy>,
-    forward_timeout: Duration,
-) {
-    // The connections with no call out; a call gives its connection back when it ends.
-    let (idle_tx, mut idle) = mpsc::unbounded_channel();
-    for client in clients {
-        let _ = idle_tx.send(client);
-    }
-    let mut carried: Option<Pending> = None;
-    loop {
-        // A free connection first: while every one has a call out, Stores pile up in the queue
-        // for the next call.
-        let Some(client) = idle.recv().await else {
-            return;
-        };
-        let first = match carried.take() {
-            Some(p) => p,
-            None => match rx.recv().await {
-                Some(p) => p,
-                None => return,
-            },
-        };
-        occupancy.release(first.bytes());
-        let mut bytes = first.bytes();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH_MESSAGES {
-            let Ok(p) = rx.try_recv() else { break };
-            occupancy.release(p.bytes());
-            if bytes + p.bytes() > MAX_BATCH_BYTES {
-                carried = Some(p);
-                break;
-            }
+/// Where [`Batcher::enter`] put a Store.
+enum Entry {
+    /// On an idle connection, to be sent at once by the caller.
+    Direct(Lease),
+    /// In the queue: the reply to wait for, and the [`Pending::state`] to race for.
+    Queued(oneshot::Receiver<Result<StoreReply, Error>>, Arc<AtomicU8>),
+}
+
+/// Takes the next call's worth from the queue (up to [`MAX_BATCH_MESSAGES`] and
+/// [`MAX_BATCH_BYTES`]; one message of any size), leaving out (and answering) those whose caller
+/// gave up: a message whose caller gave up (or went away) is not sent, so it cannot be stored
+/// here after its caller was told it was not.
+fn next_batch(queue: &mut VecDeque<Pending>, occupancy: &Occupancy) -> Vec<Pending> {
+    let now = Instant::now();
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    while batch.len() < MAX_BATCH_MESSAGES {
+        let Some(p) = queue.front() else { break };
+        if !batch.is_empty() && bytes + p.bytes() > MAX_BATCH_BYTES {
+            break;
+        }
+        let Some(p) = queue.pop_front() else { break };
+        occupancy.release(p.bytes());
+        let expired = p.caller.has_given_up(now)
+            && p.state
+                .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+        if expired {
+            let waited = now.saturating_duration_since(p.queued);
+            let _ = p.reply.send(Err(Error::Expired { waited }));
+        } else if p
+            .state
+            .compare_exchange(QUEUED, SENT, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
             bytes += p.bytes();
             batch.push(p);
         }
-        // Only what is still wanted leaves: a message whose caller gave up (or went away) is not
-        // sent, so it cannot be stored here after its caller was told it was not.
-        let now = Instant::now();
-        let mut wanted = Vec::with_capacity(batch.len());
-        for p in batch {
-            let expired = p.caller.has_given_up(now)
-                && p.state
-                    .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok();
-            if expired {
-                let waited = now.saturating_duration_since(p.queued);
-                let _ = p.reply.send(Err(Error::Expired { waited }));
-            } else if p
-                .state
-                .compare_exchange(QUEUED, SENT, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                wanted.push(p);
+        // Otherwise its caller abandoned it, and already has its answer.
+    }
+    batch
+}
+
+/// One call of queued Stores on `lease`'s connection: every message in `batch` gets its own
+/// outcome. Dropping the lease at the end hands the connection to whatever queued meanwhile.
+async fn send(mut lease: Lease, batch: Vec<Pending>) {
+    let (records, replies): (Vec<_>, Vec<_>) =
+        batch.into_iter().map(|p| (p.record, p.reply)).unzip();
+    match lease.call(records).await {
+        Ok(results) => {
+            for (result, reply) in results.into_iter().zip(replies) {
+                let _ = reply.send(outcome(result));
             }
-            // Otherwise its caller abandoned it, and already has its answer.
         }
-        let batch = wanted;
-        if batch.is_empty() {
-            let _ = idle_tx.send(client);
-            continue;
+        Err(error) => {
+            for reply in replies {
+                let _ = reply.send(Err(error.clone()));
+            }
         }
-        let idle_tx = idle_tx.clone();
-        tokio::spawn(async move {
-            let client = send(client, batch, forward_timeout).await;
-            // The receiver is gone only when the sending task has ended.
-            let _ = idle_tx.send(client);
-        });
     }
 }
 
-/// One call, with `timeout` from now: every message in `batch` gets its own outcome. Returns
-/// the client for the next call.
-async fn send(
-    mut client: DatanodeClient<Channel>,
-    batch: Vec<Pending>,
+/// One StoreBatch call with `timeout` from now: a result per record, or why the whole call
+/// failed ([`Error::Busy`] for RESOURCE_EXHAUSTED, else [`Error::Call`]). Whatever failed the
+/// whole call says nothing about the messages: each is retried on another datanode.
+async fn call(
+    client: &mut DatanodeClient<Channel>,
+    records: Vec<Record>,
     timeout: Duration,
-) -> DatanodeClient<Channel> {
-    let (records, replies): (Vec<_>, Vec<_>) =
-        batch.into_iter().map(|p| (p.record, p.reply)).unzip();
+) -> Result<Vec<StoreResult>, Error> {
     let sent = records.len();
     let answer =
         tokio::time::timeout(timeout, client.store_batch(StoreBatchRequest { records })).await;
-    // Whatever failed the whole call says nothing about the messages: each is retried on
-    // another datanode.
     let error = match answer {
         Ok(Ok(reply)) => {
             let results = reply.into_inner().results;
             if results.len() == sent {
-                for (result, reply) in results.into_iter().zip(replies) {
-                    let _ = reply.send(outcome(result));
-                }
-                return client;
+                return Ok(results);
             }
             format!(
                 "the datanode answered {} results for {sent} messages",
@@ -350,11 +445,7 @@ async fn send(
             )
         }
         Ok(Err(status)) if status.code() == Code::ResourceExhausted => {
-            let busy = Error::Busy(super::probe::describe(&status));
-            for reply in replies {
-                let _ = reply.send(Err(busy.clone()));
-            }
-            return client;
+            return Err(Error::Busy(super::probe::describe(&status)));
         }
         Ok(Err(status)) => format!("StoreBatch failed: {}", super::probe::describe(&status)),
         Err(_) => format!(
@@ -362,10 +453,7 @@ async fn send(
             humantime::format_duration(timeout)
         ),
     };
-    for reply in replies {
-        let _ = reply.send(Err(Error::Call(error.clone())));
-    }
-    client
+    Err(Error::Call(error))
 }
 
 /// One message's outcome as the datanode reported it.

@@ -55,6 +55,13 @@ struct Args {
     /// Stores at a time (probes use one more).
     #[arg(long, env = "REGISTRO_DATANODE_CONNECTIONS", default_value_t = DEFAULT_DATANODE_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
     datanode_connections: usize,
+    /// Threads that run the headnode's work. 1 runs everything on one thread (tokio's
+    /// current-thread scheduler: no hand-offs between threads, the least CPU per Store, the most
+    /// Stores/s on a 2-core machine shared with datanodes: see BENCHMARKS.md); N > 1 uses the
+    /// multi-thread scheduler with N workers, 0 one worker per CPU. More than 1 helps only with
+    /// cores to spare (one thread forwards about 30 000 Stores/s, see BENCHMARKS.md).
+    #[arg(long, env = "REGISTRO_WORKER_THREADS", default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1024))]
+    worker_threads: usize,
     /// Serve Prometheus metrics (GET /metrics) and the status page (GET /) over HTTP on this
     /// address, e.g. 0.0.0.0:9500 [default: off].
     #[arg(long, env = "REGISTRO_METRICS_LISTEN")]
@@ -63,9 +70,21 @@ struct Args {
     common: registro::server::CommonArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut runtime = match args.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    };
+    runtime.enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     registro::config::init_tracing();
     let tls = args.common.tls.load()?;
     let listener = registro::server::bind(&args.listen).await?;

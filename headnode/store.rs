@@ -470,17 +470,17 @@ impl pb::store_server::Store for StoreService {
         if !*self.warm.borrow() {
             return Err(super::warmup::unavailable());
         }
-        // The Store runs in a task of its own, to completion even if the client goes away, so
-        // its reply is remembered for the client's retry and no forward is cut off midway.
+        // The Store runs to completion even if the client goes away (the rest of it then goes
+        // on in a task of its own), so its reply is remembered for the client's retry and no
+        // forward is cut off midway.
         let forwarder = self.forwarder.clone();
         let key = request_id.clone();
         let slot = self.running.try_start()?;
-        let outcome = tokio::spawn(async move {
+        let outcome = crate::limits::run_to_completion(async move {
             let _slot = slot;
             forwarder.store(message, key, caller).await
         })
-        .await
-        .map_err(|e| Status::internal(format!("store task failed: {e}")))?;
+        .await;
         match outcome {
             Ok(Outcome::Fresh(reply)) => {
                 tracing::debug!(id = %field(&reply.id), datanode = %field(&reply.datanode), "stored");

@@ -3,30 +3,40 @@
 # run with one load:
 #   (a) straight to one datanode, (b) through the headnode (3 datanodes),
 #   (c) through nginx grpc_pass with `random` balancing (the same 3 datanodes),
-# each driven by `client bench` and by h2load, for datanodes with --fsync always and --fsync never.
-# Rounds interleave the scenarios so machine noise hits all of them; the report takes medians.
+#   (d) through HAProxy (`proto h2` to the same 3 datanodes, `balance random`, `http-reuse always`),
+#   (e) through a second headnode with --replicas 2 (each Store on 2 of the same 3 datanodes),
+# at each level of requests in flight (BENCH_LEVELS), driven by h2load (and `client bench` when
+# BENCH_GENERATORS has it), for datanodes with --fsync always and --fsync never.
+# Rounds interleave the scenarios (in a rotating order) so machine noise hits all of them; the
+# report takes medians.
 # Also measures how long the headnode takes to log a killed or hung datanode as UNREACHABLE, samples
 # the headnode's resident memory and every server's CPU time per message under load, and (when perf
 # can sample) profiles the headnode.
 # Writes BENCHMARKS.md and docs/bench.svg; raw results and every process's log go to bench-out/.
 #
 # Settings (environment):
-#   BENCH_DURATION=10      seconds per measurement        BENCH_ROUNDS=5       rounds per fsync mode
-#   BENCH_CONCURRENCY=64   requests in flight             BENCH_CONNECTIONS=4  HTTP/2 connections
+#   BENCH_DURATION=6       seconds per measurement        BENCH_ROUNDS=3       rounds per fsync mode
+#   BENCH_LEVELS="1 8 64 256"  requests in flight         BENCH_CONNECTIONS=4  HTTP/2 connections
+#                          (at most; a level below it uses one connection per request)
+#   BENCH_SCENARIOS="a b c d e"                           BENCH_GENERATORS=h2load (and/or client)
+#   BENCH_REPLICAS=2       --replicas of scenario (e)
 #   BENCH_SIZE=100         message bytes                  BENCH_MODES="always never"
 #   BENCH_KILLS=5          SIGKILLs (and SIGSTOPs) of a datanode for detection time
 #   BENCH_PROFILE=auto     perf profile of the headnode (1, 0, or auto: when perf can sample)
 #   BENCH_RUST_LOG=warn    RUST_LOG of the nodes          BENCH_OUT=bench-out
 #   BENCH_KEEP_DATA=1      keep the data files and registro logs (deleted after counting)
-# A quick run: BENCH_DURATION=2 BENCH_ROUNDS=1 BENCH_KILLS=2 make bench
+# A quick run: BENCH_DURATION=2 BENCH_ROUNDS=1 BENCH_KILLS=2 BENCH_LEVELS="1 64" make bench
 set -euo pipefail
 # Plaintext on loopback, as nginx's side is, whatever certificates the shell has exported.
 unset REGISTRO_TLS_CA REGISTRO_TLS_CERT REGISTRO_TLS_KEY
 cd "$(dirname "$0")/.."
 
-duration=${BENCH_DURATION:-10}
-rounds=${BENCH_ROUNDS:-5}
-concurrency=${BENCH_CONCURRENCY:-64}
+duration=${BENCH_DURATION:-6}
+rounds=${BENCH_ROUNDS:-3}
+read -r -a levels <<<"${BENCH_LEVELS:-1 8 64 256}"
+read -r -a scenarios <<<"${BENCH_SCENARIOS:-a b c d e}"
+read -r -a generators <<<"${BENCH_GENERATORS:-h2load}"
+replicas=${BENCH_REPLICAS:-2}
 connections=${BENCH_CONNECTIONS:-4}
 size=${BENCH_SIZE:-100}
 modes=${BENCH_MODES:-always never}
@@ -40,21 +50,32 @@ export BENCH_COMMIT
 
 # Ports away from make demo's 5000 and 6001-6003.
 head_port=15000
+head2_port=15002
 nginx_port=15080
+haproxy_port=15443
 datanode_ports=(16001 16002 16003)
+datanode_list=$(printf '127.0.0.1:%s,' "${datanode_ports[@]}")
+datanode_list=${datanode_list%,}
 
-# h2load spreads the same load: `connections` clients, each with its share of streams in flight.
-streams=$(((concurrency + connections - 1) / connections))
-if ((streams * connections != concurrency)); then
-  echo "bench: BENCH_CONCURRENCY ($concurrency) is not a multiple of BENCH_CONNECTIONS ($connections); h2load will keep $((streams * connections)) in flight" >&2
-fi
+has_scenario() { [[ " ${scenarios[*]} " == *" $1 "* ]]; }
+
+# Both generators spread a level the same way: `conns_of LEVEL` HTTP/2 connections, each with
+# `streams_of LEVEL` requests in flight.
+conns_of() { echo $(($1 < connections ? $1 : connections)); }
+streams_of() { local c; c=$(conns_of "$1"); echo $((($1 + c - 1) / c)); }
+for level in "${levels[@]}"; do
+  c=$(conns_of "$level")
+  if (($(streams_of "$level") * c != level)); then
+    echo "bench: level $level is not a multiple of $c connections; h2load will keep $(($(streams_of "$level") * c)) in flight" >&2
+  fi
+done
 
 bin=target/release
 mkdir -p "$out" docs
 out=$(cd "$out" && pwd)
 # What an earlier run left there (only what this script writes).
 for mode in $modes; do rm -rf "${out:?}/$mode"; done
-rm -rf "$out/raw" "$out/nginx" "$out"/perf.data* "$out"/profile-* "$out"/*.jsonl "$out"/*.txt "$out"/*.log "$out"/body.bin
+rm -rf "$out/raw" "$out/nginx" "$out/haproxy" "$out"/perf.data* "$out"/profile-* "$out"/*.jsonl "$out"/*.txt "$out"/*.log "$out"/body.bin
 results=$out/results.jsonl
 commands=$out/commands.txt
 : >"$results"
@@ -77,6 +98,11 @@ stop_nginx() {
 
 stop_all() {
   stop_nginx
+  if [ -n "${haproxy_pid:-}" ]; then
+    kill -TERM "$haproxy_pid" 2>/dev/null || true
+    wait "$haproxy_pid" 2>/dev/null || true
+    haproxy_pid=""
+  fi
   for name in "${!pids[@]}"; do kill -CONT "${pids[$name]}" 2>/dev/null || true; done
   for name in "${!pids[@]}"; do kill -TERM "${pids[$name]}" 2>/dev/null || true; done
   for name in "${!pids[@]}"; do wait "${pids[$name]}" 2>/dev/null || true; done
@@ -112,6 +138,7 @@ cargo build --release --locked
 missing=()
 command -v nginx >/dev/null || missing+=(nginx)
 command -v h2load >/dev/null || missing+=(nghttp2-client)
+command -v haproxy >/dev/null || missing+=(haproxy)
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
     echo "bench: ${missing[*]} missing; install them (apt-get install ${missing[*]}) or run as root" >&2
@@ -122,7 +149,7 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-for port in "$head_port" "$nginx_port" "${datanode_ports[@]}"; do
+for port in "$head_port" "$head2_port" "$nginx_port" "$haproxy_port" "${datanode_ports[@]}"; do
   port_free "$port" || { echo "bench: port $port is in use" >&2; exit 1; }
 done
 
@@ -146,6 +173,55 @@ start_cluster() { # mode dir
   for i in 1 2 3; do start_datanode "$i" "$mode" "$dir"; done
   wait_for "3 SERVING datanodes" 30 all_serving
   wait_for "the headnode ready (warm-up over)" 30 ready
+  if has_scenario e; then
+    # A second headnode over the same datanodes (from --datanodes; they register with the first).
+    mkdir -p "$dir/headnode2"
+    "$bin/headnode" --listen "127.0.0.1:$head2_port" --replicas "$replicas" --datanodes "$datanode_list" \
+      --heartbeat-log "$dir/headnode2/heartbeat.log" --registro-log "$dir/headnode2/registro.log" \
+      2>"$dir/logs/headnode2.log" &
+    pids[headnode2]=$!
+    wait_for "the --replicas $replicas headnode ready" 30 \
+      "$bin/client" --addr "http://127.0.0.1:$head2_port" --timeout 1s health --service registro.v1.Store
+  fi
+}
+
+# HAProxy as a gRPC balancer: HTTP/2 both sides, connections to the datanodes shared by every
+# client stream (http-reuse always), a random datanode per request.
+haproxy_pid=""
+start_haproxy() {
+  mkdir -p "$out/haproxy"
+  local conf=$out/haproxy/haproxy.cfg fds maxconn
+  # Each proxied connection takes two descriptors; keep room for listeners and logs.
+  fds=$(ulimit -n)
+  [ "$fds" = unlimited ] && fds=65536
+  maxconn=$(((fds - 64) / 2))
+  ((maxconn > 4096)) && maxconn=4096
+  cat >"$conf" <<EOF
+# Written by scripts/bench.sh: gRPC to the datanodes over HTTP/2, balanced at random.
+global
+    maxconn $maxconn
+    log stderr format raw local0 warning
+defaults
+    mode http
+    log global
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+frontend grpc
+    bind 127.0.0.1:$haproxy_port proto h2
+    default_backend datanodes
+backend datanodes
+    balance random
+    http-reuse always
+    server datanode1 127.0.0.1:${datanode_ports[0]} proto h2
+    server datanode2 127.0.0.1:${datanode_ports[1]} proto h2
+    server datanode3 127.0.0.1:${datanode_ports[2]} proto h2
+EOF
+  haproxy -c -q -f "$conf" 2>"$out/haproxy/config-test.log" || { cat "$out/haproxy/config-test.log" >&2; return 1; }
+  haproxy -db -f "$conf" 2>>"$out/haproxy/error.log" &
+  haproxy_pid=$!
+  wait_for "HAProxy answering gRPC health checks" 20 \
+    "$bin/client" --addr "http://127.0.0.1:$haproxy_port" health --service registro.v1.Store
 }
 
 start_nginx() {
@@ -197,7 +273,7 @@ EOF
 }
 
 # ---- measurements -----------------------------------------------------------------------------
-declare -A scenario_port=([a]=${datanode_ports[0]} [b]=$head_port [c]=$nginx_port)
+declare -A scenario_port=([a]=${datanode_ports[0]} [b]=$head_port [c]=$nginx_port [d]=$haproxy_port [e]=$head2_port)
 
 stored_lines() { cat "$1"/datanode*/messages.jsonl 2>/dev/null | wc -l; }
 
@@ -246,38 +322,50 @@ cpu_ticks() { # pid...
   echo "$sum"
 }
 
-# The servers' CPU so far, as "headnode datanodes nginx" in clock ticks.
-server_ticks() {
-  local nginx_pids=()
-  [ -n "${pids[nginx]:-}" ] && mapfile -t nginx_pids < <(pgrep -P "${pids[nginx]}"; echo "${pids[nginx]}")
-  echo "$(cpu_ticks "${pids[headnode]}") $(cpu_ticks "${pids[datanode1]}" "${pids[datanode2]}" "${pids[datanode3]}") $(cpu_ticks "${nginx_pids[@]}")"
+# The servers' CPU so far, as "headnode datanodes proxy" in clock ticks: the headnode of the
+# scenario (the --replicas one in (e)), and nginx's processes in (c), HAProxy in (d).
+server_ticks() { # scenario
+  local proxy_pids=() head=${pids[headnode]}
+  [ "$1" = e ] && head=${pids[headnode2]}
+  if [ "$1" = c ] && [ -n "${pids[nginx]:-}" ]; then
+    mapfile -t proxy_pids < <(pgrep -P "${pids[nginx]}"; echo "${pids[nginx]}")
+  elif [ "$1" = d ] && [ -n "$haproxy_pid" ]; then
+    proxy_pids=("$haproxy_pid")
+  fi
+  echo "$(cpu_ticks "$head") $(cpu_ticks "${pids[datanode1]}" "${pids[datanode2]}" "${pids[datanode3]}") $(cpu_ticks "${proxy_pids[@]}")"
 }
 
-measure() { # mode dir round scenario generator
-  local mode=$1 dir=$2 round=$3 scenario=$4 generator=$5
-  local port=${scenario_port[$scenario]} tag="$mode-r$round-$scenario-$generator"
+measure() { # mode dir round level scenario generator
+  local mode=$1 dir=$2 round=$3 level=$4 scenario=$5 generator=$6
+  local port=${scenario_port[$scenario]} tag="$mode-r$round-l$level-$scenario-$generator"
+  local conns streams copies=1
+  conns=$(conns_of "$level")
+  streams=$(streams_of "$level")
+  [ "$scenario" = e ] && copies=$replicas
   local before after rss_file="" rss_pid="" summary cmd ticks_before ticks_after
   before=$(settled_lines "$dir")
-  ticks_before=$(server_ticks)
-  if [ "$scenario" = b ]; then
+  ticks_before=$(server_ticks "$scenario")
+  if [ "$scenario" = b ] || [ "$scenario" = e ]; then
     rss_file=$out/raw/$tag.rss
     : >"$rss_file"
-    sample_rss "${pids[headnode]}" "$rss_file" &
+    if [ "$scenario" = b ]; then sample_rss "${pids[headnode]}" "$rss_file" &
+    else sample_rss "${pids[headnode2]}" "$rss_file" &
+    fi
     rss_pid=$!
   fi
   case $generator in
     client)
       cmd=("$bin/client" --addr "http://127.0.0.1:$port" bench --duration "${duration}s"
-        --concurrency "$concurrency" --connections "$connections" --size "$size" --json)
-      note_command "client-$scenario" "${cmd[@]}"
+        --concurrency "$level" --connections "$conns" --size "$size" --json)
+      note_command "client-$scenario-$level" "${cmd[@]}"
       "${cmd[@]}" >"$out/raw/$tag.json" 2>"$out/raw/$tag.err"
       summary=$(cat "$out/raw/$tag.json")
       ;;
     h2load)
-      cmd=(h2load -D "$duration" -c "$connections" -m "$streams" -d "$out/body.bin"
+      cmd=(h2load -D "$duration" -c "$conns" -m "$streams" -d "$out/body.bin"
         -H 'content-type: application/grpc' -H 'te: trailers' --log-file "$out/raw/$tag.tsv"
         "http://127.0.0.1:$port/registro.v1.Store/Store")
-      note_command "h2load-$scenario" "${cmd[@]}"
+      note_command "h2load-$scenario-$level" "${cmd[@]}"
       "${cmd[@]}" >"$out/raw/$tag.txt" 2>&1
       summary=$(python3 "$chart" h2load "$out/raw/$tag.txt" "$out/raw/$tag.tsv")
       rm -f "$out/raw/$tag.tsv"
@@ -285,21 +373,25 @@ measure() { # mode dir round scenario generator
   esac
   if [ -n "$rss_pid" ]; then kill "$rss_pid" 2>/dev/null || true; wait "$rss_pid" 2>/dev/null || true; fi
   after=$(settled_lines "$dir")
-  ticks_after=$(server_ticks)
-  python3 - "$summary" "$mode" "$round" "$scenario" "$generator" "$((after - before))" "$rss_file" \
+  ticks_after=$(server_ticks "$scenario")
+  python3 - "$summary" "$mode" "$round" "$level" "$scenario" "$generator" "$((after - before))" "$copies" "$rss_file" \
     "$ticks_before" "$ticks_after" "$(getconf CLK_TCK)" >>"$results" <<'EOF'
 import json, sys
-summary, mode, rnd, scenario, generator, stored, rss_file, t0, t1, hz = sys.argv[1:]
+summary, mode, rnd, level, scenario, generator, stored, copies, rss_file, t0, t1, hz = sys.argv[1:]
 r = json.loads(summary)
+# Messages acknowledged: the data files' new lines, each message counted once (scenario e stores
+# every message on `copies` datanodes).
+messages = max(int(stored) // int(copies), 1)
 # CPU microseconds per stored message of each server role, over the whole measurement.
 cpu = {
-    role: (b - a) * 1e6 / int(hz) / max(int(stored), 1)
-    for role, a, b in zip(("headnode", "datanodes", "nginx"), map(int, t0.split()), map(int, t1.split()))
+    role: (b - a) * 1e6 / int(hz) / messages
+    for role, a, b in zip(("headnode", "datanodes", "proxy"), map(int, t0.split()), map(int, t1.split()))
 }
 lat = r.get("latency_us", {})
 rss = [int(x) for x in open(rss_file).read().split()] if rss_file else []
 print(json.dumps({
-    "kind": "load", "mode": mode, "round": int(rnd), "scenario": scenario, "generator": generator,
+    "kind": "load", "mode": mode, "round": int(rnd), "level": int(level), "scenario": scenario,
+    "generator": generator, "copies": int(copies),
     "rps": r["throughput_rps"], "ok": r["ok"], "errors": r["errors"], "stored": int(stored),
     "errors_by_code": r.get("errors_by_code", {}), "p50_us": lat.get("p50", 0),
     "p90_us": lat.get("p90", 0), "p99_us": lat.get("p99", 0), "max_us": lat.get("max", 0),
@@ -354,10 +446,10 @@ profile_headnode() { # dir
   local secs=$((duration < 5 ? duration : 5))
   log "profiling the headnode for ${secs}s under load"
   "$bin/client" --addr "http://127.0.0.1:$head_port" bench --duration "$((secs + 2))s" \
-    --concurrency "$concurrency" --connections "$connections" --size "$size" --json >"$out/profile-load.json" &
+    --concurrency 64 --connections "$connections" --size "$size" --json >"$out/profile-load.json" &
   local load=$!
   sleep 1
-  note_raw profile "perf record -e cpu-clock -F 999 --call-graph dwarf,16384 -p <headnode pid> -- sleep $secs  (under the client bench load of scenario b)"
+  note_raw profile "perf record -e cpu-clock -F 999 --call-graph dwarf,16384 -p <headnode pid> -- sleep $secs  (under client bench --concurrency 64 through scenario b)"
   perf record -q -e cpu-clock -F 999 --call-graph dwarf,16384 -p "${pids[headnode]}" \
     -o "$out/perf.data" -- sleep "$secs" 2>"$out/perf-record.log" || true
   wait "$load" || true
@@ -382,21 +474,25 @@ first_mode=${modes%% *}
 last_mode=${modes##* }
 for mode in $modes; do
   dir=$out/$mode
-  log "fsync $mode: starting 3 datanodes, the headnode and nginx"
+  log "fsync $mode: starting 3 datanodes, the headnode(s), nginx and HAProxy"
   start_cluster "$mode" "$dir"
-  start_nginx
-  for scenario in a b c; do
+  has_scenario c && start_nginx
+  has_scenario d && start_haproxy
+  for scenario in "${scenarios[@]}"; do
     "$bin/client" --addr "http://127.0.0.1:${scenario_port[$scenario]}" bench --duration 1s \
-      --concurrency "$concurrency" --connections "$connections" --size "$size" --json >/dev/null
+      --concurrency 64 --connections "$connections" --size "$size" --json >/dev/null
   done
+  step=0
   for round in $(seq 1 "$rounds"); do
-    # Rotate the order each round so no scenario always runs first.
-    order=(a b c)
-    shift_by=$(((round - 1) % 3))
-    order=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
-    for scenario in "${order[@]}"; do
-      for generator in client h2load; do
-        measure "$mode" "$dir" "$round" "$scenario" "$generator"
+    for level in "${levels[@]}"; do
+      # Rotate the order at every step so no scenario always runs first.
+      shift_by=$((step % ${#scenarios[@]}))
+      order=("${scenarios[@]:shift_by}" "${scenarios[@]:0:shift_by}")
+      step=$((step + 1))
+      for scenario in "${order[@]}"; do
+        for generator in "${generators[@]}"; do
+          measure "$mode" "$dir" "$round" "$level" "$scenario" "$generator"
+        done
       done
     done
   done
@@ -419,5 +515,5 @@ done
 log "writing BENCHMARKS.md and docs/bench.svg"
 python3 "$chart" report --results "$results" --commands "$commands" --out-dir "$out" \
   --markdown BENCHMARKS.md --svg docs/bench.svg \
-  --settings "duration=${duration}s rounds=$rounds concurrency=$concurrency connections=$connections size=$size RUST_LOG=$RUST_LOG"
+  --settings "duration=${duration}s rounds=$rounds levels=${levels[*]} connections<=$connections size=$size replicas(e)=$replicas RUST_LOG=$RUST_LOG"
 log "done: BENCHMARKS.md, docs/bench.svg; raw results in $out/"

@@ -26,13 +26,7 @@ import sys
 from collections import defaultdict
 from html import escape
 
-SCENARIOS = {
-    "a": "(a) one datanode, direct",
-    "b": "(b) headnode → 3 datanodes",
-    "c": "(c) nginx grpc_pass random → 3 datanodes",
-}
 GENERATORS = {"client": "client bench", "h2load": "h2load"}
-COLOURS = {"client": "#3b6ea5", "h2load": "#e0913a"}
 
 
 # ---- body -----------------------------------------------------------------------------------
@@ -127,7 +121,8 @@ def line():
         print(f"{r['logged_ms']} ms to: {r['line']}")
         return
     print(
-        f"{r['mode']:6} round {r['round']} ({r['scenario']}) {r['generator']:6}: "
+        f"{r['mode']:6} round {r['round']} {r.get('level', '-'):>3} in flight ({r['scenario']}) "
+        f"{r['generator']:6}: "
         f"{r['rps']:8.0f} req/s  p50 {r['p50_us'] / 1000:6.2f} ms  "
         f"p99 {r['p99_us'] / 1000:6.2f} ms  ok {r['ok']}  stored {r['stored']}  "
         f"errors {r['errors']}"
@@ -234,20 +229,31 @@ def profile(path):
 
 # ---- report ---------------------------------------------------------------------------------
 
+SCENARIOS = {
+    "a": "(a) one datanode, direct",
+    "b": "(b) headnode → 3 datanodes",
+    "c": "(c) nginx grpc_pass random → 3 datanodes",
+    "d": "(d) HAProxy proto h2, balance random → 3 datanodes",
+    "e": "(e) headnode --replicas 2 → 3 datanodes",
+}
+SHORT = {"a": "datanode", "b": "headnode", "c": "nginx", "d": "HAProxy", "e": "headnode R=2"}
+SCENARIO_COLOURS = {"a": "#999999", "b": "#3b6ea5", "c": "#3a9a5b", "d": "#e0913a", "e": "#8e5bb5"}
+PEERS = ("c", "d")
+
 
 def errors_of(r):
     """Failed Stores. h2load counts a gRPC error as HTTP 200, so for it the errors are its own
-    failures plus the 200s that stored nothing (ok - stored, when positive)."""
+    failures plus the 200s that stored nothing (ok - stored messages, when positive)."""
     if r["generator"] == "h2load":
-        return r["errors"] + max(0, r["ok"] - r["stored"])
+        return r["errors"] + max(0, r["ok"] - r["stored"] // max(r.get("copies", 1), 1))
     return r["errors"]
 
 
 def summarise(records):
-    """Median of each measurement over the rounds, per (mode, scenario, generator)."""
+    """Median of each measurement over the rounds, per (mode, level, scenario, generator)."""
     groups = defaultdict(list)
     for r in records:
-        groups[(r["mode"], r["scenario"], r["generator"])].append(r)
+        groups[(r["mode"], r.get("level", 64), r["scenario"], r["generator"])].append(r)
     table = {}
     for key, rs in groups.items():
         rss = [r["rss_max_kb"] for r in rs if r.get("rss_max_kb")]
@@ -260,6 +266,7 @@ def summarise(records):
             "rps": statistics.median(r["rps"] for r in rs),
             "rps_min": min(r["rps"] for r in rs),
             "rps_max": max(r["rps"] for r in rs),
+            "rps_all": [r["rps"] for r in sorted(rs, key=lambda r: r["round"])],
             "p50_ms": statistics.median(r["p50_us"] for r in rs) / 1000,
             "p99_ms": statistics.median(r["p99_us"] for r in rs) / 1000,
             "ok": sum(r["ok"] for r in rs),
@@ -268,8 +275,8 @@ def summarise(records):
             "codes": dict(codes),
             "rss_max_kb": max(rss) if rss else None,
             "cpu_us": {
-                role: statistics.median(r["cpu_us_per_message"][role] for r in rs)
-                for role in ("headnode", "datanodes", "nginx")
+                role: statistics.median(r["cpu_us_per_message"].get(role, 0) for r in rs)
+                for role in ("headnode", "datanodes", "proxy")
                 if all("cpu_us_per_message" in r for r in rs)
             },
         }
@@ -321,6 +328,7 @@ def machine():
         "os": run_quiet(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
         "rustc": run_quiet(["rustc", "--version"]),
         "nginx": run_quiet(["nginx", "-v"]),
+        "haproxy": run_quiet(["haproxy", "-v"]).split(" - ")[0],
         "h2load": run_quiet(["h2load", "--version"]),
         "commit": commit(),
     }
@@ -334,114 +342,188 @@ def ratio(a, b):
     return a / b if b else float("nan")
 
 
-def markdown(table, detections, commands, settings, out_dir, machine_info):
+def dims(table):
     modes = sorted({k[0] for k in table}, key=lambda m: (m != "always", m))
+    levels = sorted({k[1] for k in table})
+    scenarios = [s for s in SCENARIOS if any(k[2] == s for k in table)]
+    generators = [g for g in GENERATORS if any(k[3] == g for k in table)]
+    return modes, levels, scenarios, generators
+
+
+def best_peer(table, mode, level, g):
+    """The proxy with the highest throughput at this point: (scenario, its summary)."""
+    peers = [(s, table[(mode, level, s, g)]) for s in PEERS if (mode, level, s, g) in table]
+    return max(peers, key=lambda p: p[1]["rps"], default=(None, None))
+
+
+def markdown(table, detections, commands, settings, out_dir, machine_info):
+    modes, levels, scenarios, generators = dims(table)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     rounds = max((v["rounds"] for v in table.values()), default=0)
     md = ["# Benchmarks", ""]
     md.append(
         f"Measured by `make bench` (scripts/bench.sh) on {now}, on commit "
         f"`{machine_info['commit']}`. Every number is the median of "
-        f"{rounds} round{'s' if rounds != 1 else ''}; in each round the three "
-        "scenarios run back to back (in a rotating order) with the same load, so the machine's "
-        "noise falls on all of them. Errors, ok and stored are totals over the rounds."
+        f"{rounds} round{'s' if rounds != 1 else ''}; in each round every level runs every "
+        "scenario back to back (in an order that rotates at each step) with the same load, so the "
+        "machine's noise falls on all of them. Errors, ok and stored are totals over the rounds."
     )
-    md += ["", f"Load: `{settings}` (seconds per measurement, rounds, requests in flight, "
-           "HTTP/2 connections, message bytes, log level of the nodes).", ""]
+    md += ["", f"Load: `{settings}` (seconds per measurement, rounds, requests in flight, most "
+           "HTTP/2 connections, message bytes, --replicas of scenario e, log level of the nodes). "
+           "A level of N in flight uses min(N, connections) connections, each with its share of "
+           "streams (h2load `-c`/`-m`, `client bench --concurrency N --connections C`).", ""]
     md += ["## Machine", ""]
     md += [
         f"- {machine_info['nproc']} CPUs: {machine_info['cpu']}; {machine_info['memory']} RAM",
         f"- {machine_info['kernel']} ({machine_info['os']})",
-        f"- {machine_info['rustc']}; {machine_info['nginx']}; {machine_info['h2load']}",
-        "- Everything on loopback on the same machine: generator, headnode, datanodes and nginx "
-        "share the CPUs, so these are relative figures, not capacity figures.",
+        f"- {machine_info['rustc']}; {machine_info['nginx']}; {machine_info['haproxy']}; "
+        f"{machine_info['h2load']}",
+        "- Everything on loopback on the same machine: generator, headnodes, datanodes, nginx and "
+        "HAProxy share the CPUs, so these are relative figures, not capacity figures.",
         "",
     ]
-    for mode in modes:
-        md += [f"## fsync {mode}", ""]
+    for g in generators:
+        md += [f"## Stores/s by requests in flight ({GENERATORS[g]})", ""]
         md += [
-            "| scenario | generator | req/s (min–max) | p50 ms | p99 ms | errors | ok | stored |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            "Median req/s, p99 ms in brackets. **headnode / best** is the headnode's throughput "
+            "over the better of nginx and HAProxy at that point (p99: the headnode's over that "
+            "peer's; below 1 is better).",
+            "",
         ]
-        for s in "abc":
-            for g in GENERATORS:
-                v = table.get((mode, s, g))
-                if not v:
-                    continue
-                md.append(
-                    f"| {SCENARIOS[s]} | {GENERATORS[g]} | **{fmt_rps(v['rps'])}** "
-                    f"({fmt_rps(v['rps_min'])}–{fmt_rps(v['rps_max'])}) | {v['p50_ms']:.2f} | "
-                    f"{v['p99_ms']:.2f} | {v['errors']} | {v['ok']} | {v['stored']} |"
-                )
-        codes = {
-            f"{SCENARIOS[s]} / {GENERATORS[g]}": v["codes"]
-            for (m, s, g), v in table.items()
-            if m == mode and v["codes"]
-        }
-        if codes:
-            md += ["", "Errors by code: " + "; ".join(f"{k}: {v}" for k, v in codes.items())]
+        head = "| in flight | fsync | " + " | ".join(SHORT[s] for s in scenarios)
+        cols = len(scenarios)
+        if "b" in scenarios and any(p in scenarios for p in PEERS):
+            head += " | headnode / best | p99 headnode / best"
+            cols += 2
+        md += [head + " |", "|---|---|" + "---:|" * cols]
+        for level in levels:
+            for mode in modes:
+                row = f"| {level} | {mode} |"
+                for s in scenarios:
+                    v = table.get((mode, level, s, g))
+                    row += f" {fmt_rps(v['rps'])} ({v['p99_ms']:.2f}) |" if v else " – |"
+                b = table.get((mode, level, "b", g))
+                ps, p = best_peer(table, mode, level, g)
+                if cols > len(scenarios):
+                    if b and p:
+                        row += (f" **{ratio(b['rps'], p['rps']):.2f}** vs {SHORT[ps]} | "
+                                f"{ratio(b['p99_ms'], p['p99_ms']):.2f} |")
+                    else:
+                        row += " – | – |"
+                md.append(row)
         md.append("")
+        spread = [
+            f"{SHORT[s]} {level}/{mode}: " + ", ".join(fmt_rps(x) for x in v["rps_all"])
+            for (mode, level, s, gg), v in sorted(table.items())
+            if gg == g and s == "b"
+        ]
+        if spread and rounds > 1:
+            md += ["Every round of the headnode (req/s, in round order): " + "; ".join(spread), ""]
 
     md += ["## Ratios", ""]
-    for g in GENERATORS:
-        for mode in modes:
-            b, c = table.get((mode, "b", g)), table.get((mode, "c", g))
-            if b and c:
+    for g in generators:
+        for level in levels:
+            always, never = table.get(("always", level, "b", g)), table.get(("never", level, "b", g))
+            if always and never and level == 64:
                 md.append(
-                    f"- fsync {mode}, {GENERATORS[g]}: headnode / nginx throughput "
-                    f"**{ratio(b['rps'], c['rps']):.2f}** ({fmt_rps(b['rps'])} vs "
-                    f"{fmt_rps(c['rps'])} req/s); p99 headnode / nginx "
-                    f"**{ratio(b['p99_ms'], c['p99_ms']):.2f}** ({b['p99_ms']:.2f} vs "
-                    f"{c['p99_ms']:.2f} ms)"
+                    f"- Through the headnode at {level} in flight, {GENERATORS[g]}: durable "
+                    f"(always) / non-durable (never) throughput "
+                    f"**{ratio(always['rps'], never['rps']):.2f}** ({fmt_rps(always['rps'])} vs "
+                    f"{fmt_rps(never['rps'])} req/s); p99 {always['p99_ms']:.2f} vs "
+                    f"{never['p99_ms']:.2f} ms"
                 )
-    for g in GENERATORS:
-        always, never = table.get(("always", "b", g)), table.get(("never", "b", g))
-        if always and never:
-            md.append(
-                f"- Through the headnode, {GENERATORS[g]}: durable (always) / non-durable (never) "
-                f"throughput **{ratio(always['rps'], never['rps']):.2f}** "
-                f"({fmt_rps(always['rps'])} vs {fmt_rps(never['rps'])} req/s); p99 "
-                f"{always['p99_ms']:.2f} vs {never['p99_ms']:.2f} ms"
-            )
+        for mode in modes:
+            for level in levels:
+                b, e = table.get((mode, level, "b", g)), table.get((mode, level, "e", g))
+                if b and e:
+                    md.append(
+                        f"- fsync {mode}, {level} in flight, {GENERATORS[g]}: --replicas 2 / "
+                        f"--replicas 1 throughput **{ratio(e['rps'], b['rps']):.2f}** "
+                        f"({fmt_rps(e['rps'])} vs {fmt_rps(b['rps'])} req/s); p99 "
+                        f"{e['p99_ms']:.2f} vs {b['p99_ms']:.2f} ms"
+                    )
+    md.append("")
+
+    md += ["## Every measurement", ""]
+    md += [
+        "| fsync | in flight | scenario | generator | req/s (min–max) | p50 ms | p99 ms | errors "
+        "| ok | stored |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for mode in modes:
+        for level in levels:
+            for s in scenarios:
+                for g in generators:
+                    v = table.get((mode, level, s, g))
+                    if not v:
+                        continue
+                    md.append(
+                        f"| {mode} | {level} | {SCENARIOS[s]} | {GENERATORS[g]} | "
+                        f"**{fmt_rps(v['rps'])}** ({fmt_rps(v['rps_min'])}–"
+                        f"{fmt_rps(v['rps_max'])}) | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | "
+                        f"{v['errors']} | {v['ok']} | {v['stored']} |"
+                    )
+    codes = {
+        f"{m} {lv} {SHORT[s]} {GENERATORS[g]}": v["codes"]
+        for (m, lv, s, g), v in table.items()
+        if v["codes"]
+    }
+    if codes:
+        md += ["", "Errors by code: " + "; ".join(f"{k}: {v}" for k, v in codes.items())]
     md.append("")
 
     cpu_rows = [
-        (mode, s, g, table[(mode, s, g)]["cpu_us"])
+        (mode, level, s, g, table[(mode, level, s, g)]["cpu_us"])
         for mode in modes
-        for s in "abc"
-        for g in GENERATORS
-        if table.get((mode, s, g), {}).get("cpu_us")
+        for level in levels
+        for s in scenarios
+        for g in generators
+        if table.get((mode, level, s, g), {}).get("cpu_us") and s != "a"
     ]
     if cpu_rows:
         md += [
-            "## CPU per message",
+            "## CPU per Store",
             "",
             "CPU time (user + system, every thread, from /proc/PID/stat) each server used during a "
-            "measurement, divided by the messages stored in it: the cost of one Store, in µs "
-            "(medians over the rounds). The generator's own CPU is not counted.",
+            "measurement, divided by the messages stored in it (each counted once, however many "
+            "copies): the cost of one forwarded Store, in µs (medians over the rounds). The "
+            "generator's own CPU is not counted. **proxy** is the headnode in (b) and (e), nginx's "
+            "processes in (c), HAProxy in (d).",
             "",
-            "| fsync | scenario | generator | headnode | nginx | datanodes | servers in all |",
-            "|---|---|---|---:|---:|---:|---:|",
+            "| fsync | in flight | scenario | generator | proxy | datanodes | servers in all |",
+            "|---|---:|---|---|---:|---:|---:|",
         ]
-        for mode, s, g, cpu in cpu_rows:
-            head, dn, ngx = cpu["headnode"], cpu["datanodes"], cpu["nginx"]
+        for mode, level, s, g, cpu in cpu_rows:
+            proxy = cpu["headnode"] if s in "be" else cpu.get("proxy", 0)
+            dn = cpu["datanodes"]
             md.append(
-                f"| {mode} | {SCENARIOS[s]} | {GENERATORS[g]} | "
-                f"{head:.1f} | {ngx:.1f} | {dn:.1f} | **{head + dn + ngx:.1f}** |"
+                f"| {mode} | {level} | {SHORT[s]} | {GENERATORS[g]} | **{proxy:.1f}** | "
+                f"{dn:.1f} | {proxy + dn:.1f} |"
             )
         md.append("")
 
-    rss = [(m, v["rss_max_kb"]) for (m, s, g), v in table.items() if s == "b" and v["rss_max_kb"]]
+    rss = [(m, lv, s, v["rss_max_kb"]) for (m, lv, s, g), v in table.items()
+           if s in "be" and v["rss_max_kb"]]
     if rss:
-        md += ["## Headnode memory", ""]
+        md += ["## Headnode memory", "",
+               "Max VmRSS of the headnode during its load runs (sampled every 100 ms from "
+               "/proc/PID/status); the goal is at most 30 MB under load.", "",
+               "| fsync | scenario | " + " | ".join(f"{lv} in flight" for lv in levels) + " |",
+               "|---|---|" + "---:|" * len(levels)]
         for mode in modes:
-            values = [kb for m, kb in rss if m == mode]
-            if values:
-                md.append(
-                    f"- fsync {mode}: max VmRSS of the headnode during its load runs "
-                    f"**{max(values) / 1024:.1f} MiB** (sampled every 100 ms from /proc/PID/status)"
-                )
+            for s in "be":
+                cells = []
+                for lv in levels:
+                    vals = [kb for m, l2, s2, kb in rss if m == mode and l2 == lv and s2 == s]
+                    cells.append(f"{max(vals) / 1024:.1f} MiB" if vals else "–")
+                if any(c != "–" for c in cells):
+                    md.append(f"| {mode} | {SHORT[s]} | " + " | ".join(cells) + " |")
         md.append("")
+
+    # Hand-written notes kept across runs (what each optimisation bought, with its commands).
+    notes = os.path.join("docs", "bench-notes.md")
+    if os.path.exists(notes):
+        md += open(notes).read().rstrip().splitlines() + [""]
 
     if detections:
         md += ["## Failure detection", ""]
@@ -485,8 +567,8 @@ def markdown(table, detections, commands, settings, out_dir, machine_info):
             "## Headnode profile",
             "",
             "perf samples (software cpu-clock at 999 Hz, DWARF call graphs; this VM has no "
-            "hardware counters) of the headnode under the scenario (b) load with `client "
-            "bench`, in the last fsync mode. Each sample is put in the first component its "
+            "hardware counters) of the headnode under `client bench --concurrency 64` through "
+            "scenario (b), in the last fsync mode. Each sample is put in the first component its "
             "stack matches; the second list is the kernel time under each system call.",
             "",
             "```",
@@ -509,29 +591,33 @@ def markdown(table, detections, commands, settings, out_dir, machine_info):
     md += [
         "```",
         "",
-        "The cluster: `headnode --listen 127.0.0.1:15000` (defaults otherwise) and three "
+        "The cluster: `headnode --listen 127.0.0.1:15000` (defaults otherwise), for (e) "
+        "`headnode --listen 127.0.0.1:15002 --replicas 2 --datanodes 127.0.0.1:16001,…` and three "
         "`datanode --listen 127.0.0.1:1600N --name datanodeN --headnode http://127.0.0.1:15000 "
-        "--fsync MODE`, nginx with the config bench.sh writes to `bench-out/nginx/nginx.conf` "
+        "--fsync MODE`; nginx with the config bench.sh writes to `bench-out/nginx/nginx.conf` "
         "(`listen 15080 http2`, `grpc_pass grpc://datanodes`, `upstream datanodes { random; "
         "server 127.0.0.1:16001; …; keepalive 256; }`, `access_log off`, "
-        "`worker_processes auto`).",
+        "`worker_processes auto`); HAProxy with `bench-out/haproxy/haproxy.cfg` (`bind "
+        "127.0.0.1:15443 proto h2`, `balance random`, `http-reuse always`, `server datanodeN "
+        "127.0.0.1:1600N proto h2`, `maxconn` within the descriptor limit, default threads).",
         "",
         "## Reading the numbers",
         "",
         "- **ok** is what the generator counted as a success; **stored** is the number of lines "
         "the datanodes' data files grew by during the run, counted after the files stopped "
-        "growing. h2load reports a gRPC error as a successful HTTP 200, so its **errors** are "
-        "its own failures plus the 200s that stored nothing; stored can exceed ok by the few "
-        "requests in flight when h2load stops at its deadline.",
+        "growing (in (e) every message is two lines). h2load reports a gRPC error as a "
+        "successful HTTP 200, so its **errors** are its own failures plus the 200s that stored "
+        "nothing; stored can exceed ok by the few requests in flight when h2load stops at its "
+        "deadline.",
         "- Latency is per request, in the generator: `client bench` records successes in an "
         "HdrHistogram (µs); for h2load the percentiles come from its per-request `--log-file`.",
         "- Throughput is successes per second of the run (`client bench`) or h2load's own req/s.",
-        "- Scenario (a) is one datanode doing all the work; (b) and (c) spread it over three, "
-        "on the same 2 CPUs, so (a) is not an upper bound for (b).",
-        "- Regenerate: `make bench`; a quick run: "
-        "`BENCH_DURATION=2 BENCH_ROUNDS=1 BENCH_KILLS=2 make bench`.",
+        "- Scenario (a) is one datanode doing all the work; the others spread it over three, "
+        "on the same 2 CPUs, so (a) is not an upper bound for them.",
+        "- Regenerate: `make bench` (about 20 minutes); a quick run: "
+        "`BENCH_DURATION=2 BENCH_ROUNDS=1 BENCH_KILLS=2 BENCH_LEVELS=\"1 64\" make bench`.",
         "",
-        "![throughput and p99 per scenario](docs/bench.svg)",
+        "![throughput and p99 per scenario and level](docs/bench.svg)",
         "",
     ]
     return "\n".join(md)
@@ -546,27 +632,35 @@ def nice_ceiling(x):
 
 
 def svg(table):
-    modes = sorted({k[0] for k in table}, key=lambda m: (m != "always", m))
-    groups = [(m, s) for m in modes for s in "abc" if any((m, s, g) in table for g in GENERATORS)]
+    """Per fsync mode, a throughput panel and a p99 panel: groups are levels of requests in
+    flight, one bar per scenario (the first generator's numbers)."""
+    modes, levels, scenarios, generators = dims(table)
+    g = generators[0] if generators else "h2load"
     width, left, right = 960, 70, 20
-    panel_h, top_pad, bottom_pad = 230, 40, 60
-    height = 2 * (panel_h + top_pad + bottom_pad) + 40
-    group_w = (width - left - right) / max(1, len(groups))
-    bar_w = group_w * 0.32
+    panel_h, top_pad, bottom_pad = 200, 40, 45
+    panels = [
+        (mode, title, key, label)
+        for mode in modes
+        for title, key, label in (
+            (f"fsync {mode}: Stores/s by requests in flight ({GENERATORS[g]}, median; higher is "
+             "better)", "rps", fmt_rps),
+            (f"fsync {mode}: p99 latency, ms (median; lower is better)", "p99_ms",
+             lambda v: f"{v:.1f}"),
+        )
+    ]
+    height = len(panels) * (panel_h + top_pad + bottom_pad) + 40
+    group_w = (width - left - right) / max(1, len(levels))
+    bar_w = group_w * 0.8 / max(1, len(scenarios))
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
     ]
-    short = {"a": "(a) datanode", "b": "(b) headnode", "c": "(c) nginx"}
-    panels = [
-        ("Throughput, req/s (median; higher is better)", "rps", lambda v: fmt_rps(v)),
-        ("p99 latency, ms (median; lower is better)", "p99_ms", lambda v: f"{v:.1f}"),
-    ]
-    for p, (title, key, label) in enumerate(panels):
+    for p, (mode, title, key, label) in enumerate(panels):
         y0 = 20 + p * (panel_h + top_pad + bottom_pad)
         base = y0 + top_pad + panel_h
-        top = nice_ceiling(max((v[key] for v in table.values()), default=1))
+        values = [v[key] for (m, lv, s, gg), v in table.items() if m == mode and gg == g]
+        top = nice_ceiling(max(values, default=1))
         parts.append(f'<text x="{left}" y="{y0 + 16}" font-size="14" font-weight="bold">'
                      f"{escape(title)}</text>")
         parts.append(f'<line x1="{left}" y1="{base}" x2="{width - right}" y2="{base}" '
@@ -578,29 +672,27 @@ def svg(table):
                          'stroke="#ddd"/>')
             parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#555">'
                          f"{escape(label(value))}</text>")
-        for i, (mode, s) in enumerate(groups):
+        for i, level in enumerate(levels):
             gx = left + i * group_w
-            for j, g in enumerate(GENERATORS):
-                v = table.get((mode, s, g))
+            for j, s in enumerate(scenarios):
+                v = table.get((mode, level, s, g))
                 if not v:
                     continue
                 h = panel_h * v[key] / top
-                x = gx + group_w * 0.16 + j * bar_w
+                x = gx + group_w * 0.1 + j * bar_w
                 parts.append(f'<rect x="{x:.1f}" y="{base - h:.1f}" width="{bar_w - 2:.1f}" '
-                             f'height="{h:.1f}" fill="{COLOURS[g]}"/>')
+                             f'height="{h:.1f}" fill="{SCENARIO_COLOURS[s]}"/>')
                 parts.append(f'<text x="{x + bar_w / 2 - 1:.1f}" y="{base - h - 4:.1f}" '
-                             f'text-anchor="middle" font-size="10">{escape(label(v[key]))}</text>')
+                             f'text-anchor="middle" font-size="9">{escape(label(v[key]))}</text>')
             cx = gx + group_w / 2
             parts.append(f'<text x="{cx:.1f}" y="{base + 16}" text-anchor="middle">'
-                         f"{escape(short[s])}</text>")
-            parts.append(f'<text x="{cx:.1f}" y="{base + 31}" text-anchor="middle" '
-                         f'fill="#555">fsync {escape(mode)}</text>')
+                         f"{level} in flight</text>")
     legend_y = height - 16
-    for j, g in enumerate(GENERATORS):
-        x = left + j * 160
+    for j, s in enumerate(scenarios):
+        x = left + j * 170
         parts.append(f'<rect x="{x}" y="{legend_y - 10}" width="12" height="12" '
-                     f'fill="{COLOURS[g]}"/>')
-        parts.append(f'<text x="{x + 18}" y="{legend_y}">{escape(GENERATORS[g])}</text>')
+                     f'fill="{SCENARIO_COLOURS[s]}"/>')
+        parts.append(f'<text x="{x + 18}" y="{legend_y}">({s}) {escape(SHORT[s])}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
