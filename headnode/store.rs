@@ -10,7 +10,7 @@
 //! covers many of them. A replica that fails is replaced by the next healthy datanode of the
 //! order (at most every member is tried once); fewer healthy datanodes than `--replicas` is
 //! UNAVAILABLE before anything is sent. A Store that failed after sending keeps its record (a
-//! bounded table, [`Attempts`]) so that the client's retry sends the same record and the
+//! bounded table, `Attempts`) so that the client's retry sends the same record and the
 //! replicas that had it and those that did not agree.
 //!
 //! Placement is what makes a retry safe beyond this headnode's memory: the same request id is
