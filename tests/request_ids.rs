@@ -154,6 +154,8 @@ async fn megabyte_request_ids_are_refused_and_the_headnode_keeps_no_memory_for_t
             .then_some(())
     })
     .await;
+    // And past its warm-up: a datanode SERVING in Status is not yet a headnode that takes Stores.
+    wait_ready(&url).await;
     // Warm up the paths an honest Store takes, so their one-off allocations are in "before".
     for i in 0..20 {
         store(&url, "warm-up", &format!("warm-{i}")).await.unwrap();
