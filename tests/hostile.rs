@@ -16,14 +16,7 @@ use tonic::transport::Channel;
 
 /// Resident memory of a process, in bytes.
 fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    kb * 1024
+    rss_kib(pid) * 1024
 }
 
 async fn channel(url: &str) -> Channel {

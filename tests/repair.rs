@@ -109,23 +109,6 @@ impl Cluster {
     }
 }
 
-/// Every line of every data file, by id: (datanode, the line as written).
-fn lines_by_id(dir: &Path) -> BTreeMap<String, Vec<(String, String)>> {
-    let mut by_id: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    for (i, name) in NAMES.iter().enumerate() {
-        let path = dir.join(format!("d{}", i + 1)).join(FILE_NAME);
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        for line in text.lines() {
-            let record: Record = serde_json::from_str(line).expect("a record");
-            by_id
-                .entry(record.id)
-                .or_default()
-                .push((name.to_string(), line.to_string()));
-        }
-    }
-    by_id
-}
-
 fn client(dir: &Path, args: &[&str]) -> Output {
     Command::new(bin("client"))
         .args(args)
@@ -179,7 +162,7 @@ fn repair_copies_every_under_replicated_message_once_and_a_second_run_copies_not
         store_some(&cluster.datanode_url(0), "direct", 40).await;
         store_some(&cluster.url(1), "r1", 40).await;
     });
-    let before = lines_by_id(dir.path());
+    let before = lines_by_id(dir.path(), 3);
     assert_eq!(before.len(), 160);
     let under = before.values().filter(|l| l.len() < 2).count();
     assert!(under >= 80, "{under} under-replicated before the repair");
@@ -199,7 +182,7 @@ fn repair_copies_every_under_replicated_message_once_and_a_second_run_copies_not
         "{stdout}"
     );
 
-    let after = lines_by_id(dir.path());
+    let after = lines_by_id(dir.path(), 3);
     assert_eq!(after.len(), 160);
     for (id, lines) in &after {
         assert_eq!(lines.len(), 2, "{id}: {lines:?}");
@@ -234,7 +217,7 @@ fn repair_copies_every_under_replicated_message_once_and_a_second_run_copies_not
         "{stdout}"
     );
     assert_eq!(
-        lines_by_id(dir.path()),
+        lines_by_id(dir.path(), 3),
         after,
         "a second repair changed a data file"
     );
@@ -261,7 +244,7 @@ fn repair_skips_a_datanode_that_is_down_and_is_unavailable_below_replicas() {
     assert_eq!((last.scanned, last.under_replicated), (40, 40));
     assert_eq!((last.copied, last.failed), (40, 0));
     assert!(replies.len() >= 2, "progress before the end: {replies:?}");
-    for (id, lines) in lines_by_id(dir.path()) {
+    for (id, lines) in lines_by_id(dir.path(), 3) {
         let held: Vec<&str> = lines.iter().map(|(d, _)| d.as_str()).collect();
         assert_eq!(held, ["datanode1", "datanode2"], "{id}");
     }
@@ -328,20 +311,6 @@ fn grpcurl_calls_repair_and_prints_every_progress_message() {
     assert_eq!(last["scanned"], "10", "{out}");
     assert_eq!(last["copied"], "10", "{out}");
     assert!(last.get("failed").is_none(), "0 is left out: {out}");
-}
-
-/// The current and peak resident memory of process `pid`, in KiB (VmRSS, VmHWM).
-fn memory_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap()
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// Records in the test's data files for the memory bound.
@@ -458,7 +427,7 @@ fn a_repair_over_a_million_records_keeps_the_headnode_memory_bounded() {
         }
         wait_ready(&url).await;
         eprintln!("datanodes up after {:?}", started.elapsed());
-        let (rss_before, _) = memory_kib(head.pid());
+        let rss_before = rss_kib(head.pid());
 
         let mut client = HeartbeatClient::connect(url.clone()).await.unwrap();
         let mut stream = client.repair(RepairRequest {}).await.unwrap().into_inner();
@@ -480,7 +449,7 @@ fn a_repair_over_a_million_records_keeps_the_headnode_memory_bounded() {
         while let Some(r) = stream.message().await.unwrap() {
             last = r;
         }
-        let (_, peak) = memory_kib(head.pid());
+        let peak = proc_status_kib(head.pid(), "VmHWM");
         (last, rss_before, peak)
     });
     let (last, rss_before, peak) = last;
@@ -647,7 +616,7 @@ fn after_a_datanode_loses_its_disk_repair_restores_two_copies_of_everything() {
             }
         }
     });
-    let before = lines_by_id(dir.path());
+    let before = lines_by_id(dir.path(), 3);
     assert!(before.values().all(|l| l.len() == 2));
     let lost = before
         .values()
@@ -705,7 +674,7 @@ fn after_a_datanode_loses_its_disk_repair_restores_two_copies_of_everything() {
         "expected {expected:?} in {stdout}"
     );
 
-    let after = lines_by_id(dir.path());
+    let after = lines_by_id(dir.path(), 3);
     assert_eq!(after.len(), acked.len());
     for (id, lines) in &after {
         assert!(acked.contains_key(id), "{id} was never acknowledged");
@@ -728,5 +697,5 @@ fn after_a_datanode_loses_its_disk_repair_restores_two_copies_of_everything() {
         stdout.contains("0 under-replicated, 0 copied, 0 failed"),
         "{stdout}"
     );
-    assert_eq!(lines_by_id(dir.path()), after);
+    assert_eq!(lines_by_id(dir.path(), 3), after);
 }

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -140,24 +140,8 @@ impl Cluster {
     }
 
     /// Every line of every data file, by the id it holds: (datanode, line).
-    fn lines_by_id(&self) -> HashMap<String, Vec<(String, String)>> {
-        let mut by_id: HashMap<String, Vec<(String, String)>> = HashMap::new();
-        for i in 1..=3 {
-            let path = self
-                .path()
-                .join(format!("d{i}"))
-                .join(registro::datanode::data_file::FILE_NAME);
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            for line in text.lines() {
-                let record: registro::datanode::data_file::Record =
-                    serde_json::from_str(line).expect("every line is a record");
-                by_id
-                    .entry(record.id)
-                    .or_default()
-                    .push((format!("datanode{i}"), line.to_string()));
-            }
-        }
-        by_id
+    fn lines_by_id(&self) -> BTreeMap<String, Vec<(String, String)>> {
+        lines_by_id(self.path(), 3)
     }
 
     async fn store_health(&self) -> Option<ServingStatus> {

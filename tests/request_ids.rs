@@ -108,16 +108,6 @@ async fn a_repeated_request_id_and_message_get_the_first_reply() {
     assert_eq!(stored(&cluster), (2, 1));
 }
 
-/// Resident memory of `pid` in KiB, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// 300 Stores whose request id is 1 MiB each (the hostile client) are all refused, and
 /// the headnode process does not keep them: its resident memory after them is within 64 MiB of
 /// before (it grew by over 600 MB when ids were unbounded). Prints the figures.

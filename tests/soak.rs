@@ -15,16 +15,6 @@ use common::*;
 use registro::pb::StoreRequest;
 use registro::pb::store_client::StoreClient;
 
-/// Resident memory of `pid` in KiB, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Headnode and datanode memory stays flat under a minute of full load, with every request
 /// carrying a fresh request id so the bounded idempotency maps fill and must evict.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -208,6 +208,44 @@ impl Cluster {
     }
 }
 
+/// Every line of the data files of `datanode1`…`datanode{n}` (data in `dir/d1`…, as
+/// [`spawn_datanode`] lays them out), by the id each holds: (datanode, the line as written).
+pub fn lines_by_id(
+    dir: &Path,
+    n: usize,
+) -> std::collections::BTreeMap<String, Vec<(String, String)>> {
+    let mut by_id: std::collections::BTreeMap<String, Vec<(String, String)>> = Default::default();
+    for i in 1..=n {
+        let text =
+            std::fs::read_to_string(dir.join(format!("d{i}")).join(FILE_NAME)).unwrap_or_default();
+        for line in text.lines() {
+            let record: Record = serde_json::from_str(line).expect("every line is a record");
+            by_id
+                .entry(record.id)
+                .or_default()
+                .push((format!("datanode{i}"), line.to_string()));
+        }
+    }
+    by_id
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS`, `VmHWM`), in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS")
+}
+
 /// The records of the data file in `dir`, parsed line by line.
 pub fn records_in(dir: &Path) -> Vec<Record> {
     match std::fs::read_to_string(dir.join(FILE_NAME)) {
