@@ -24,26 +24,10 @@ bin=target/release
 binaries=("$@")
 ((${#binaries[@]})) || { echo "usage: $0 HEADNODE_BINARY..." >&2; exit 2; }
 work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=procs.sh
+. "$(dirname "$0")/procs.sh"
 python3 scripts/bench_chart.py body "$size" "$work/body.bin"
 
-addr_of() {
-  for _ in $(seq 1 600); do
-    if grep -q 'listening on ' "$1" 2>/dev/null; then
-      grep -o 'listening on [0-9.:]*' "$1" | head -1 | awk '{print $3}'
-      return
-    fi
-    sleep 0.1
-  done
-  echo "headnode-ab: no address in $1" >&2
-  exit 1
-}
 ticks() { local f; read -r -a f <"/proc/$1/stat"; echo $((f[13] + f[14])); }
 results=$work/results.txt
 # One cluster per binary, all up at once and idle but for the one under load, so each short

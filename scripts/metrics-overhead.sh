@@ -21,28 +21,8 @@ BENCH_SECONDS=${BENCH_SECONDS:-8}
 CONCURRENCY=${CONCURRENCY:-64}
 bin=target/release
 work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-# The address a process logged as `listening on ADDR`, waiting for it.
-addr_of() {
-  local log=$1
-  for _ in $(seq 1 600); do
-    if grep -q 'listening on ' "$log" 2>/dev/null; then
-      grep -o 'listening on [0-9.:]*' "$log" | head -1 | awk '{print $3}'
-      return
-    fi
-    sleep 0.1
-  done
-  echo "metrics-overhead: no address in $log" >&2
-  cat "$log" >&2
-  exit 1
-}
+# shellcheck source=procs.sh
+. "$(dirname "$0")/procs.sh"
 
 # Starts datanodes (their count is $1) in $2; sets $datanodes to their addresses, comma-separated.
 start_datanodes() {
@@ -54,21 +34,6 @@ start_datanodes() {
     addrs+=("$(addr_of "$dir/datanode$i.err")")
   done
   datanodes=$(IFS=,; echo "${addrs[*]}")
-}
-
-wait_serving() {
-  local url=$1
-  for _ in $(seq 1 600); do
-    "$bin/client" --addr "$url" health --service registro.v1.Store >/dev/null 2>&1 && return
-    sleep 0.1
-  done
-  echo "metrics-overhead: headnode at $url never became ready" >&2
-  exit 1
-}
-
-stop() { # pid
-  kill -TERM "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
 }
 
 echo "== instructions per Store (callgrind; client bench --concurrency 1, $SMALL and $LARGE Stores)"

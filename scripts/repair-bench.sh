@@ -10,24 +10,8 @@ N=${1:-100000}
 FSYNC=${2:-always}
 BIN=${BIN:-target/release}
 work=$(mktemp -d /tmp/registro-repair-bench.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-# The address a process logged as "listening on ADDR".
-addr_of() {
-  for _ in $(seq 1 500); do
-    if a=$(grep -o 'listening on [0-9.:]*' "$1" 2>/dev/null | head -1 | cut -d' ' -f3) && [ -n "$a" ]; then
-      echo "$a"; return 0
-    fi
-    sleep 0.02
-  done
-  echo "no listening line in $1" >&2; return 1
-}
+# shellcheck source=procs.sh
+. "$(dirname "$0")/procs.sh"
 
 mkdir -p "$work/d1" "$work/d2" "$work/d3"
 python3 - "$N" "$work/d1/messages.jsonl" <<'EOF'

@@ -22,39 +22,9 @@ bin=target/release
 binaries=("$@")
 ((${#binaries[@]})) || binaries=("$bin/headnode")
 work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+# shellcheck source=procs.sh
+. "$(dirname "$0")/procs.sh"
 command -v valgrind >/dev/null || { echo "store-cost: valgrind is not installed" >&2; exit 1; }
-
-addr_of() {
-  local log=$1
-  for _ in $(seq 1 600); do
-    if grep -q 'listening on ' "$log" 2>/dev/null; then
-      grep -o 'listening on [0-9.:]*' "$log" | head -1 | awk '{print $3}'
-      return
-    fi
-    sleep 0.1
-  done
-  echo "store-cost: no address in $log" >&2
-  cat "$log" >&2
-  exit 1
-}
-
-wait_serving() {
-  for _ in $(seq 1 600); do
-    "$bin/client" --addr "$1" health --service registro.v1.Store >/dev/null 2>&1 && return
-    sleep 0.1
-  done
-  echo "store-cost: headnode at $1 never became ready" >&2
-  exit 1
-}
-
-stop() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 echo "== headnode instructions per Store (callgrind; client bench --concurrency $CONCURRENCY, $SMALL and $LARGE Stores)"
 for headnode in "${binaries[@]}"; do
