@@ -37,9 +37,9 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::direct::Direct;
 use crate::pb::datanode_client::DatanodeClient;
 use crate::pb::{Record, StoreBatchRequest, StoreReply, StoreResult};
 
@@ -191,7 +191,7 @@ struct Shared {
 /// What the lock guards: the queue, and the connections with no call out.
 struct State {
     queue: VecDeque<Pending>,
-    idle: Vec<DatanodeClient<Channel>>,
+    idle: Vec<DatanodeClient<Direct>>,
 }
 
 impl Shared {
@@ -206,7 +206,7 @@ impl Shared {
 /// of its own sends it), else to the idle list. So a connection is never lost, and a queued Store
 /// always has a call coming.
 struct Lease {
-    client: Option<DatanodeClient<Channel>>,
+    client: Option<DatanodeClient<Direct>>,
     shared: Arc<Shared>,
 }
 
@@ -246,18 +246,19 @@ impl Drop for Lease {
 }
 
 impl Batcher {
-    /// A batcher on `channels`, with one call out on each at a time, each call given
+    /// A batcher on `connections`, with one call out on each at a time, each call given
     /// `forward_timeout` from when it is sent.
-    pub fn new(channels: Vec<Channel>, forward_timeout: Duration) -> Self {
-        let connections = channels.len().max(1);
-        let idle = channels
+    pub fn new(connections: Vec<Direct>, forward_timeout: Duration) -> Self {
+        let idle: Vec<_> = connections
             .into_iter()
-            .map(|channel| {
-                DatanodeClient::new(channel)
+            .map(|connection| {
+                let origin = connection.origin();
+                DatanodeClient::with_origin(connection, origin)
                     .max_decoding_message_size(crate::server::MAX_GRPC_BATCH_BYTES)
                     .max_encoding_message_size(crate::server::MAX_GRPC_BATCH_BYTES)
             })
             .collect();
+        let connections = idle.len().max(1);
         Self {
             shared: Arc::new(Shared {
                 state: std::sync::Mutex::new(State {
@@ -426,7 +427,7 @@ async fn send(mut lease: Lease, batch: Vec<Pending>) {
 /// failed ([`Error::Busy`] for RESOURCE_EXHAUSTED, else [`Error::Call`]). Whatever failed the
 /// whole call says nothing about the messages: each is retried on another datanode.
 async fn call(
-    client: &mut DatanodeClient<Channel>,
+    client: &mut DatanodeClient<Direct>,
     records: Vec<Record>,
     timeout: Duration,
 ) -> Result<Vec<StoreResult>, Error> {

@@ -12,6 +12,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
 
 use super::batch::{self, Batcher};
+use crate::direct::Direct;
 use crate::pb::store_client::StoreClient;
 use crate::pb::{Record, StoreReply};
 use crate::tls::Tls;
@@ -122,8 +123,8 @@ impl Datanode {
             crate::config::dial(&address, dialing.connect_timeout, dialing.tls.as_ref())
                 .map_err(|e| e.to_string())
         };
-        let forward_channels: Vec<Channel> = (0..dialing.connections.max(1))
-            .map(|_| dial().map(|e| e.connect_lazy()))
+        let forward_connections: Vec<Direct> = (0..dialing.connections.max(1))
+            .map(|_| Direct::new(&address, dialing.connect_timeout, dialing.tls.as_ref()))
             .collect::<Result<_, _>>()?;
         let health_channel = dial()?.connect_lazy();
         // Every List stream may hold its whole window unread, and the connection's window is
@@ -138,7 +139,7 @@ impl Datanode {
             .connect_lazy();
         Ok(Self {
             name,
-            batcher: Batcher::new(forward_channels, dialing.forward_timeout),
+            batcher: Batcher::new(forward_connections, dialing.forward_timeout),
             list_channel,
             health_channel,
             address,

@@ -24,6 +24,7 @@ pub mod auth;
 pub mod certs;
 pub mod config;
 pub mod dedupe;
+pub mod direct;
 pub mod limits;
 pub mod logfile;
 pub mod metrics;

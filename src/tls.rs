@@ -185,6 +185,8 @@ pub struct Tls(Arc<Material>);
 struct Material {
     ca: Certificate,
     identity: tonic::transport::Identity,
+    /// The dialling side for transports on rustls itself ([`crate::direct`]).
+    rustls_client: Arc<rustls::ClientConfig>,
     /// Who this process's own certificate says it is, if it names a registro identity.
     own: Result<Identity, IdentityError>,
 }
@@ -237,7 +239,7 @@ impl Tls {
                 Ok(certs)
             }
         };
-        certificates(ca_path, ca)?;
+        let roots = certificates(ca_path, ca)?;
         let chain = certificates(cert_path, cert)?;
         check_validity(cert_path, &chain[0])?;
         let private = PrivateKeyDer::from_pem_slice(key).map_err(|e| Error::BadKey {
@@ -246,16 +248,18 @@ impl Tls {
         })?;
         // Checked here so a wrong file is one clear error at start-up, not a failed handshake.
         let provider = rustls::crypto::ring::default_provider();
-        rustls::sign::CertifiedKey::from_der(chain.clone(), private, &provider).map_err(|e| {
-            Error::Mismatch {
-                cert: cert_path.to_path_buf(),
-                key: key_path.to_path_buf(),
-                reason: e.to_string(),
-            }
-        })?;
+        let mismatch = |e: rustls::Error| Error::Mismatch {
+            cert: cert_path.to_path_buf(),
+            key: key_path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        rustls::sign::CertifiedKey::from_der(chain.clone(), private.clone_key(), &provider)
+            .map_err(mismatch)?;
+        let rustls_client = rustls_client(roots, chain.clone(), private).map_err(mismatch)?;
         Ok(Self(Arc::new(Material {
             ca: Certificate::from_pem(ca),
             identity: tonic::transport::Identity::from_pem(cert, key),
+            rustls_client,
             own: identity_of(&chain[0]),
         })))
     }
@@ -281,6 +285,11 @@ impl Tls {
         }
     }
 
+    /// [`Tls::client_config`] as a rustls configuration, for [`crate::direct`].
+    pub fn rustls_client(&self) -> Arc<rustls::ClientConfig> {
+        self.0.rustls_client.clone()
+    }
+
     /// The server side: this certificate, and a client certificate signed by the CA required
     /// on every connection.
     pub fn server_config(&self) -> ServerTlsConfig {
@@ -298,6 +307,27 @@ impl Tls {
             .identity(self.0.identity.clone())
             .timeout(HANDSHAKE_TIMEOUT)
     }
+}
+
+/// The same as [`Tls::client_config`] for rustls itself: servers of the CA in `roots`, this
+/// process's `chain` and `key` presented, HTTP/2 by ALPN, ring as the provider.
+fn rustls_client(
+    roots: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(root)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(store)
+    .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// A certificate out of its validity period is refused at start-up with the reason, rather
