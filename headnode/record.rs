@@ -29,9 +29,18 @@ pub fn derive_id(request_id: &str) -> String {
     Uuid::new_v5(&ID_NAMESPACE, request_id.as_bytes()).to_string()
 }
 
-/// A fresh request id for a Store that came without one.
+/// A fresh request id for a Store that came without one: a UUIDv7 (the time in milliseconds,
+/// then 74 random bits). The random bits come from the thread's CSPRNG (seeded from the OS),
+/// not from `Uuid::now_v7`, which reads the OS's random source twice per id: two `getrandom`
+/// syscalls on every keyless Store.
 pub fn random_request_id() -> String {
-    Uuid::now_v7().to_string()
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let random: [u8; 10] = rand::random();
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .to_string()
 }
 
 /// A record to forward, and the key that places it.
@@ -90,6 +99,11 @@ mod tests {
         crate::dedupe::validate_request_id(&a.key).unwrap();
         assert!(!a.key.is_empty());
         assert_eq!(a.record.id, a.key, "a random key is its own id");
+        // A UUIDv7 of this millisecond.
+        let uuid = Uuid::parse_str(&a.key).unwrap();
+        assert_eq!(uuid.get_version_num(), 7);
+        let (seconds, _) = uuid.get_timestamp().unwrap().to_unix();
+        assert!(seconds.abs_diff(Utc::now().timestamp().unsigned_abs()) <= 2);
         assert_eq!(a.record.request_id, "", "the client sent none");
         let given = new("m", "k-1");
         assert_eq!(given.key, "k-1");

@@ -54,7 +54,11 @@ async fn replies_adding_up_past_the_connection_window_keep_coming() {
             .unwrap()
             .into_inner();
         assert_eq!(reply.results.len(), 1024);
-        assert!(reply.results.iter().all(|r| r.code == 0), "{:?}", reply.results[0]);
+        assert!(
+            reply.results.iter().all(|r| r.code == 0),
+            "{:?}",
+            reply.results[0]
+        );
         reply_bytes += reply.encoded_len();
     }
     assert!(reply_bytes > 6 << 20, "only {reply_bytes} bytes of replies");
@@ -81,7 +85,9 @@ async fn a_call_after_the_datanode_restarted_dials_again() {
     // Nobody there: the call fails, saying where it could not connect.
     let error = client.store_batch(batch(2, 1)).await.unwrap_err();
     assert!(
-        error.to_string().contains(&format!("cannot connect to {address}")),
+        error
+            .to_string()
+            .contains(&format!("cannot connect to {address}")),
         "{error}"
     );
 }
