@@ -65,8 +65,8 @@ fn settings(endpoint: Endpoint, connect_timeout: Duration) -> Endpoint {
     endpoint
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(crate::direct::KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(crate::direct::KEEP_ALIVE_TIMEOUT)
 }
 
 /// Why an address cannot be dialled.

@@ -33,7 +33,8 @@ use tokio::net::TcpStream;
 
 use crate::tls::Tls;
 
-/// How often a connection is pinged, and how long its pong may take.
+/// How often a dialled connection is pinged, and how long its pong may take (here and on every
+/// tonic channel, [`crate::config::dial`]).
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// See [`KEEP_ALIVE_INTERVAL`].
 pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
