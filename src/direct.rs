@@ -255,7 +255,6 @@ impl Shared {
         let (send, mut connection) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_send_buffer_size(crate::server::MAX_GRPC_BATCH_BYTES)
             .enable_push(false)
             .handshake::<_, Bytes>(io)
             .await
@@ -361,7 +360,9 @@ async fn send(
         .send_request(request, body.is_empty())
         .map_err(broken(format!("cannot send a request to {address}")))?;
     if !body.is_empty() {
-        // Queued with the HEADERS frame: both go out in the connection's next write.
+        // Queued with the HEADERS frame: both go out in the connection's next write. h2 keeps
+        // what the peer's flow-control window does not take yet; that is bounded by the caller
+        // (the batcher sends one call of at most 1 MiB of messages at a time on a connection).
         stream
             .send_data(body, true)
             .map_err(broken(format!("cannot send a request to {address}")))?;
