@@ -293,6 +293,22 @@ mod tests {
     }
 
     #[test]
+    fn a_ca_file_that_is_not_a_certificate_is_refused_at_load() {
+        let ca = new_ca(Validity::from_now(CA_VALIDITY)).unwrap();
+        let id = identity(Role::Headnode, "headnode");
+        let pem = issue(&ca, &id, &[], Validity::from_now(Duration::from_secs(3600))).unwrap();
+        let garbage =
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n";
+        let error =
+            crate::tls::Tls::from_pem(garbage.as_bytes(), pem.cert.as_bytes(), pem.key.as_bytes())
+                .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "<ca> cannot be parsed as an X.509 certificate"
+        );
+    }
+
+    #[test]
     fn names_that_cannot_be_in_a_spiffe_uri_are_refused() {
         let ca = new_ca(Validity::from_now(CA_VALIDITY)).unwrap();
         let v = Validity::from_now(Duration::from_secs(3600));

@@ -255,7 +255,13 @@ impl Tls {
         };
         rustls::sign::CertifiedKey::from_der(chain.clone(), private.clone_key(), &provider)
             .map_err(mismatch)?;
-        let rustls_client = rustls_client(roots, chain.clone(), private).map_err(mismatch)?;
+        let mut trusted = rustls::RootCertStore::empty();
+        for root in roots {
+            trusted.add(root).map_err(|_| Error::Unparsable {
+                path: ca_path.to_path_buf(),
+            })?;
+        }
+        let rustls_client = rustls_client(trusted, chain.clone(), private).map_err(mismatch)?;
         Ok(Self(Arc::new(Material {
             ca: Certificate::from_pem(ca),
             identity: tonic::transport::Identity::from_pem(cert, key),
@@ -309,22 +315,18 @@ impl Tls {
     }
 }
 
-/// The same as [`Tls::client_config`] for rustls itself: servers of the CA in `roots`, this
+/// The same as [`Tls::client_config`] for rustls itself: servers of a CA in `roots`, this
 /// process's `chain` and `key` presented, HTTP/2 by ALPN, ring as the provider.
 fn rustls_client(
-    roots: Vec<CertificateDer<'static>>,
+    roots: rustls::RootCertStore,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ClientConfig>, rustls::Error> {
-    let mut store = rustls::RootCertStore::empty();
-    for root in roots {
-        store.add(root)?;
-    }
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
-    .with_root_certificates(store)
+    .with_root_certificates(roots)
     .with_client_auth_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
