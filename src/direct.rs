@@ -137,7 +137,12 @@ impl Direct {
         let tls = match tls {
             None => None,
             Some(tls) => {
-                let name = ServerName::try_from(authority.host().to_string())
+                // The certificate names an IPv6 host without the brackets of its URL form.
+                let host = authority
+                    .host()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let name = ServerName::try_from(host.to_string())
                     .map_err(|e| format!("invalid host in {address:?}: {e}"))?;
                 Some((tokio_rustls::TlsConnector::from(tls.rustls_client()), name))
             }
@@ -432,5 +437,43 @@ impl http_body::Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         self.state == BodyState::Done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_checked_and_tls_names_taken_from_the_host() {
+        let tls = || {
+            let ca =
+                crate::certs::new_ca(crate::certs::Validity::from_now(Duration::from_secs(3600)))
+                    .unwrap();
+            let id = crate::certs::identity(crate::tls::Role::Headnode, "headnode");
+            let pem = crate::certs::issue(
+                &ca,
+                &id,
+                &[],
+                crate::certs::Validity::from_now(Duration::from_secs(3600)),
+            )
+            .unwrap();
+            Tls::from_pem(ca.cert.as_bytes(), pem.cert.as_bytes(), pem.key.as_bytes()).unwrap()
+        };
+        let tls = tls();
+        for (address, name) in [
+            ("datanode1:6000", "datanode1"),
+            ("127.0.0.1:6001", "127.0.0.1"),
+            ("[::1]:6001", "::1"),
+        ] {
+            let direct = Direct::new(address, Duration::from_secs(1), Some(&tls)).unwrap();
+            let (_, server_name) = direct.shared.tls.as_ref().unwrap();
+            assert_eq!(server_name.to_str(), name, "{address}");
+            assert_eq!(direct.shared.origin.scheme_str(), Some("https"));
+            let plain = Direct::new(address, Duration::from_secs(1), None).unwrap();
+            assert_eq!(plain.shared.origin.scheme_str(), Some("http"));
+        }
+        assert!(Direct::new("nohost", Duration::from_secs(1), None).is_err());
+        assert!(Direct::new("a:0", Duration::from_secs(1), None).is_err());
     }
 }
