@@ -47,8 +47,16 @@ if [ -f "$marker" ] && [ "${made:-}" = "$node" ]; then
     if [ "${gwbridge:-}" = docker_gwbridge=made ]; then
       # Gone with the swarm's last container; removed once nothing is attached any more.
       for _ in $(seq 1 20); do docker network rm docker_gwbridge >/dev/null 2>&1 && break; sleep 0.5; done
-      docker network inspect docker_gwbridge >/dev/null 2>&1 \
-        && echo "swarm-down: could not remove docker_gwbridge (made by swarm init); docker network rm docker_gwbridge" >&2
+      if docker network inspect docker_gwbridge >/dev/null 2>&1; then
+        attached=$(docker network inspect --format '{{len .Containers}}' docker_gwbridge 2>/dev/null || echo "?")
+        if [ "$attached" = 0 ]; then
+          # Seen after `docker kill` of swarm tasks: the engine refuses with "has active
+          # endpoints" while listing none, for good (until the daemon restarts).
+          echo "swarm-down: docker_gwbridge (made by swarm init) is left: the Docker engine still counts an endpoint on it with no container attached (an engine leak; it can be removed after the daemon restarts: docker network rm docker_gwbridge)" >&2
+        else
+          echo "swarm-down: could not remove docker_gwbridge (made by swarm init): $attached containers still attached; docker network rm docker_gwbridge" >&2
+        fi
+      fi
     fi
   fi
   rm -f "$marker"
