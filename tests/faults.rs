@@ -569,16 +569,7 @@ async fn a_full_disk_is_retryable_never_torn_and_recovers() {
     ))
     .await;
     let head_url = head.url();
-    eventually("both SERVING", || async {
-        (status(&head_url)
-            .await
-            .iter()
-            .filter(|d| d.status == "SERVING")
-            .count()
-            == 2)
-            .then_some(())
-    })
-    .await;
+    wait_serving_at(&head_url, 2).await;
 
     // Straight to the small datanode until its disk is full.
     let big = "b".repeat(60 * 1024);

@@ -112,17 +112,7 @@ async fn headnode_for(dir: &std::path::Path, datanodes: &[&Held], max_message: u
     config.heartbeat_interval = Duration::from_secs(3600);
     config.max_message_bytes = max_message;
     let head = headnode(config).await;
-    let url = head.url();
-    let n = datanodes.len();
-    eventually(&format!("{n} datanodes SERVING"), || async {
-        let serving = status(&url)
-            .await
-            .iter()
-            .filter(|d| d.status == "SERVING")
-            .count();
-        (serving == n).then_some(())
-    })
-    .await;
+    wait_serving_at(&head.url(), datanodes.len()).await;
     head
 }
 

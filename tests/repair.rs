@@ -88,17 +88,7 @@ impl Cluster {
     /// Waits until the headnode at `url` sees exactly `n` datanodes SERVING.
     fn wait_serving(&self, url: &str, n: usize) {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            eventually(&format!("{n} datanodes SERVING on {url}"), || async {
-                let serving = status(url)
-                    .await
-                    .iter()
-                    .filter(|d| d.status == "SERVING")
-                    .count();
-                (serving == n).then_some(())
-            })
-            .await;
-        });
+        rt.block_on(wait_serving_at(url, n));
     }
 
     fn kill(&mut self, i: usize) {
@@ -321,16 +311,6 @@ const BUDGET: usize = 550_000;
 /// How long two debug datanodes may take to read a million records each at start.
 const STARTUP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// A child process killed when the test ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Two datanodes hold the same million records (written straight into their data files): a
 /// repair reads them in several passes without copying anything, and the headnode's peak
 /// resident memory grows by less than what holding every id at once would take. Meanwhile a
@@ -382,49 +362,32 @@ fn a_repair_over_a_million_records_keeps_the_headnode_memory_bounded() {
     let url = head.url();
     // Spawned without waiting for their address (reading a million records at start takes a
     // debug build longer than the usual deadline); they register, and the wait below is on that.
-    let _datanodes: Vec<KillOnDrop> = (1..=2)
+    let _datanodes: Vec<Proc> = (1..=2)
         .map(|i| {
-            let log = std::fs::File::create(dir.path().join(format!("datanode{i}.err"))).unwrap();
             let name = format!("datanode{i}");
             let data = format!("d{i}");
-            KillOnDrop(
-                Command::new(bin("datanode"))
-                    .args([
-                        "--listen",
-                        "127.0.0.1:0",
-                        "--name",
-                        &name,
-                        "--data-dir",
-                        &data,
-                    ])
-                    .args(["--headnode", &url])
-                    .current_dir(dir.path())
-                    .env("RUST_LOG", "warn")
-                    .stderr(log)
-                    .spawn()
-                    .unwrap(),
-            )
+            let args = [
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                &name,
+                "--data-dir",
+                &data,
+                "--headnode",
+                &url,
+            ];
+            Proc::start("datanode", &args, &[], dir.path(), &format!("{name}.err"))
         })
         .collect();
     let started = std::time::Instant::now();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let last = rt.block_on(async {
-        let deadline = std::time::Instant::now() + STARTUP_DEADLINE;
-        loop {
-            let n = status(&url)
-                .await
-                .iter()
-                .filter(|d| d.status == "SERVING")
-                .count();
-            if n == 2 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the datanodes did not read their files and register within {STARTUP_DEADLINE:?}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        eventually_within(
+            STARTUP_DEADLINE,
+            "the datanodes to read their files and register",
+            || async { (serving_count(&url).await == 2).then_some(()) },
+        )
+        .await;
         wait_ready(&url).await;
         eprintln!("datanodes up after {:?}", started.elapsed());
         let rss_before = rss_kib(head.pid());

@@ -144,15 +144,7 @@ async fn a_slow_disk_under_full_load_is_not_marked_down_and_nothing_is_stored_tw
         "headnode.err",
     );
     let url = headnode.url();
-    eventually("3 datanodes SERVING", || async {
-        let serving = status(&url)
-            .await
-            .iter()
-            .filter(|d| d.status == "SERVING")
-            .count();
-        (serving == 3).then_some(())
-    })
-    .await;
+    wait_serving_at(&url, 3).await;
 
     // Status, sampled all through the load: every datanode stays SERVING.
     let done = Arc::new(AtomicBool::new(false));

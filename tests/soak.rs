@@ -61,16 +61,7 @@ async fn memory_stays_flat_under_a_minute_of_full_load() {
         "headnode.err",
     );
     let url = head.url();
-    eventually("3 SERVING", || async {
-        (status(&url)
-            .await
-            .iter()
-            .filter(|d| d.status == "SERVING")
-            .count()
-            == 3)
-            .then_some(())
-    })
-    .await;
+    wait_serving_at(&url, 3).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, retried) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));

@@ -23,7 +23,16 @@ use tonic::transport::Channel;
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
 /// Polls `check` every 20 ms until it returns `Some`, failing the test after `DEADLINE`.
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_within(DEADLINE, what, check).await
+}
+
+/// [`eventually`] with a deadline of its own, for what is known to take longer.
+pub async fn eventually_within<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -34,8 +43,8 @@ where
             return v;
         }
         assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for: {what}"
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -190,16 +199,7 @@ impl Cluster {
 
     /// Waits until the headnode sees `n` datanodes SERVING.
     pub async fn wait_serving(&self, n: usize) {
-        let url = self.headnode.url();
-        eventually(&format!("{n} datanodes SERVING"), || async {
-            let serving = status(&url)
-                .await
-                .iter()
-                .filter(|d| d.status == "SERVING")
-                .count();
-            (serving == n).then_some(())
-        })
-        .await;
+        wait_serving_at(&self.headnode.url(), n).await;
     }
 
     /// The records in datanode `name`'s data file.
@@ -320,6 +320,23 @@ pub async fn status(url: &str) -> Vec<DatanodeStatus> {
     }
 }
 
+/// How many datanodes the headnode at `url` reports SERVING (0 when it cannot be reached).
+pub async fn serving_count(url: &str) -> usize {
+    status(url)
+        .await
+        .iter()
+        .filter(|d| d.status == "SERVING")
+        .count()
+}
+
+/// Waits until the headnode at `url` sees exactly `n` datanodes SERVING.
+pub async fn wait_serving_at(url: &str, n: usize) {
+    eventually(&format!("{n} datanodes SERVING on {url}"), || async {
+        (serving_count(url).await == n).then_some(())
+    })
+    .await;
+}
+
 /// A real binary of this package, killed when dropped.
 pub struct Proc {
     child: Child,
@@ -350,8 +367,23 @@ impl Proc {
         Self::spawn_full(name, &[], env, dir, log_name)
     }
 
-    /// Spawns `name` with `args` and extra environment variables `env`.
+    /// Spawns `name` with `args` and extra environment variables `env`, and waits until it
+    /// logs its listening address.
     pub fn spawn_full(
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: &Path,
+        log_name: &str,
+    ) -> Self {
+        let mut proc = Self::start(name, args, env, dir, log_name);
+        proc.addr = proc.wait_for_log("listening on ");
+        proc
+    }
+
+    /// Spawns `name` without waiting for anything (its `addr` stays empty): for a process that
+    /// takes longer than [`DEADLINE`] to start listening, waited for by other means.
+    pub fn start(
         name: &str,
         args: &[&str],
         env: &[(&str, &str)],
@@ -370,13 +402,11 @@ impl Proc {
             .stderr(stderr)
             .spawn()
             .expect("spawn");
-        let mut proc = Self {
+        Self {
             child,
             addr: String::new(),
             log,
-        };
-        proc.addr = proc.wait_for_log("listening on ");
-        proc
+        }
     }
 
     /// Waits until the log has a line containing `marker`; returns the word after it.
