@@ -43,6 +43,16 @@ pub fn random_request_id() -> String {
         .to_string()
 }
 
+/// The key that places a stored record: its request id, or, for a Store that came without one,
+/// its id (which is the random key that placed it, see the module docs).
+pub fn placement_key<'a>(request_id: &'a str, id: &'a str) -> &'a str {
+    if request_id.is_empty() {
+        id
+    } else {
+        request_id
+    }
+}
+
 /// A record to forward, and the key that places it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Placed {
@@ -99,6 +109,12 @@ mod tests {
         crate::dedupe::validate_request_id(&a.key).unwrap();
         assert!(!a.key.is_empty());
         assert_eq!(a.record.id, a.key, "a random key is its own id");
+        assert_eq!(placement_key(&a.record.request_id, &a.record.id), a.key);
+        let keyed = new("m", "order-42");
+        assert_eq!(
+            placement_key(&keyed.record.request_id, &keyed.record.id),
+            keyed.key
+        );
         // A UUIDv7 of this millisecond.
         let uuid = Uuid::parse_str(&a.key).unwrap();
         assert_eq!(uuid.get_version_num(), 7);

@@ -380,12 +380,8 @@ impl Repair {
         let mut holdings = Holdings::new(n);
         self.reply.phase = "scan".into();
         for i in 0..n {
-            let node = self.nodes[i].clone();
-            self.reply.datanode = node.name.clone();
-            self.progress(true)?;
-            let mut stream = self.open(&node).await?;
+            let (node, mut stream) = self.open(i).await?;
             while let Some(m) = self.next(&node, &mut stream).await? {
-                self.reply.records_read += 1;
                 let h = self.hash(&m.id);
                 if !class.holds(h) {
                     continue;
@@ -432,12 +428,8 @@ impl Repair {
                 self.reply.steps_done += 1;
                 continue;
             }
-            let node = self.nodes[i].clone();
-            self.reply.datanode = node.name.clone();
-            self.progress(true)?;
-            let mut stream = self.open(&node).await?;
+            let (node, mut stream) = self.open(i).await?;
             while let Some(m) = self.next(&node, &mut stream).await? {
-                self.reply.records_read += 1;
                 let h = self.hash(&m.id);
                 let Some(entry) = holdings.entry(h) else {
                     continue;
@@ -479,13 +471,8 @@ impl Repair {
     /// The first `count` datanodes of `m`'s placement order that were read, are SERVING and do
     /// not hold it.
     fn targets(&self, m: &StoredMessage, holdings: &Holdings, h: u128, count: usize) -> Vec<usize> {
-        let key = if m.request_id.is_empty() {
-            &m.id
-        } else {
-            &m.request_id
-        };
         self.pool
-            .placement(key)
+            .placement(super::record::placement_key(&m.request_id, &m.id))
             .iter()
             .filter(|d| d.is_serving())
             .filter_map(|d| self.index.get(&d.name).copied())
@@ -530,25 +517,34 @@ impl Repair {
         }
     }
 
-    async fn open(&self, node: &Datanode) -> Result<Streaming<StoredMessage>, Stop> {
+    /// Starts reading datanode `i` (a List of everything it holds), named in the progress sent
+    /// at once.
+    async fn open(&mut self, i: usize) -> Result<(Arc<Datanode>, Streaming<StoredMessage>), Stop> {
+        let node = self.nodes[i].clone();
+        self.reply.datanode = node.name.clone();
+        self.progress(true)?;
         let request = ListRequest {
             datanode: String::new(),
             limit: 0,
         };
         match tokio::time::timeout(self.idle, node.list_client().list(request)).await {
-            Ok(Ok(stream)) => Ok(stream.into_inner()),
-            Ok(Err(status)) => Err(self.broke(node, &describe(&status))),
-            Err(_) => Err(self.broke(node, "its List did not answer within the idle timeout")),
+            Ok(Ok(stream)) => Ok((node, stream.into_inner())),
+            Ok(Err(status)) => Err(self.broke(&node, &describe(&status))),
+            Err(_) => Err(self.broke(&node, "its List did not answer within the idle timeout")),
         }
     }
 
+    /// The next record of `node`'s List, counted as read.
     async fn next(
-        &self,
+        &mut self,
         node: &Datanode,
         stream: &mut Streaming<StoredMessage>,
     ) -> Result<Option<StoredMessage>, Stop> {
         match tokio::time::timeout(self.idle, stream.message()).await {
-            Ok(Ok(m)) => Ok(m),
+            Ok(Ok(m)) => {
+                self.reply.records_read += u64::from(m.is_some());
+                Ok(m)
+            }
             Ok(Err(status)) => Err(self.broke(node, &describe(&status))),
             Err(_) => Err(self.broke(node, "its List sent nothing for the idle timeout")),
         }
