@@ -175,7 +175,7 @@ impl Shared {
     /// A connection ready for a new stream, and its number: the current one, or a new one when
     /// there is none, or when the current one turns out to have closed since its last call
     /// (the peer restarted, or went away idle): nothing was sent on it, so dialling again is safe.
-    async fn ready(&self) -> Result<(u64, h2::client::SendRequest<Bytes>), Failure> {
+    async fn ready(&self) -> Result<(u64, h2::client::SendRequest<Bytes>), Error> {
         let current = {
             let current = self.current();
             current.send.clone().map(|send| (current.generation, send))
@@ -189,7 +189,7 @@ impl Shared {
                 }
             }
         }
-        let send = self.dial().await.map_err(Failure::connection)?;
+        let send = self.dial().await?;
         let generation = {
             let mut current = self.current();
             current.generation += 1;
@@ -200,10 +200,10 @@ impl Shared {
             Ok(send) => Ok((generation, send)),
             Err(e) => {
                 self.forget(generation);
-                Err(Failure::connection(Error::new(
+                Err(Error::new(
                     format!("the connection to {} failed", self.address),
                     e,
-                )))
+                ))
             }
         }
     }
@@ -320,7 +320,7 @@ impl tower::Service<Request<tonic::body::Body>> for Direct {
                 .map_err(|e| Error::new("cannot encode the request", e))?
                 .to_bytes();
             let request = Request::from_parts(parts, ());
-            let (generation, connection) = shared.ready().await.map_err(|f| f.error)?;
+            let (generation, connection) = shared.ready().await?;
             send(&shared.address, connection, request, body)
                 .await
                 .map_err(|failure| {
@@ -337,15 +337,6 @@ impl tower::Service<Request<tonic::body::Body>> for Direct {
 struct Failure {
     error: Error,
     stream_only: bool,
-}
-
-impl Failure {
-    fn connection(error: Error) -> Self {
-        Self {
-            error,
-            stream_only: false,
-        }
-    }
 }
 
 /// One request on `connection` (ready for it).
