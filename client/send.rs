@@ -163,7 +163,7 @@ pub async fn run(addrs: &[String], timeout: Duration, args: Args) -> anyhow::Res
     for message in messages {
         let request = StoreRequest {
             message,
-            request_id: uuid::Uuid::now_v7().to_string(),
+            request_id: registro::uuid_v7(),
         };
         match registro::retry::store_failover(&mut clients, &mut current, request, policy, on_retry)
             .await

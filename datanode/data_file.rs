@@ -632,7 +632,7 @@ impl<S: Storage> Writer<S> {
             for a in batch.appends {
                 let (id, stored_at) = match a.stamp {
                     Some(given) => (given.id, given.stored_at),
-                    None => (uuid::Uuid::now_v7().to_string(), stored_at.clone()),
+                    None => (crate::uuid_v7(), stored_at.clone()),
                 };
                 let record = Record {
                     id,

@@ -29,18 +29,9 @@ pub fn derive_id(request_id: &str) -> String {
     Uuid::new_v5(&ID_NAMESPACE, request_id.as_bytes()).to_string()
 }
 
-/// A fresh request id for a Store that came without one: a UUIDv7 (the time in milliseconds,
-/// then 74 random bits). The random bits come from the thread's CSPRNG (seeded from the OS),
-/// not from `Uuid::now_v7`, which reads the OS's random source twice per id: two `getrandom`
-/// syscalls on every keyless Store.
+/// A fresh request id for a Store that came without one: a UUIDv7 (see [`crate::uuid_v7`]).
 pub fn random_request_id() -> String {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let random: [u8; 10] = rand::random();
-    uuid::Builder::from_unix_timestamp_millis(millis, &random)
-        .into_uuid()
-        .to_string()
+    crate::uuid_v7()
 }
 
 /// The key that places a stored record: its request id, or, for a Store that came without one,

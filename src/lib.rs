@@ -85,6 +85,20 @@ pub fn receipt(message: &str, datanode: &str) -> String {
     format!("Message '{}' stored on {datanode}.", preview(message))
 }
 
+/// A fresh UUIDv7 (RFC 9562: the time in milliseconds, then 74 random bits), as text: the id
+/// of a message stored without a request id. The random bits come from the thread's CSPRNG
+/// (seeded from the OS), not from `Uuid::now_v7`, which reads the OS's random source twice per
+/// id: two `getrandom` system calls on every keyless Store.
+pub fn uuid_v7() -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let random: [u8; 10] = rand::random();
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .to_string()
+}
+
 /// Names for a sentence: `a`, `a and b`, `a, b and c`.
 pub fn names(names: &[String]) -> String {
     match names {
@@ -110,6 +124,15 @@ pub fn validate_message(message: &str, max_bytes: usize) -> Result<(), tonic::St
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn uuid_v7_ids_are_version_7_and_distinct() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| super::uuid_v7()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in &ids {
+            assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
+        }
+    }
+
     #[test]
     fn names_read_as_a_sentence() {
         let n = |v: &[&str]| super::names(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
