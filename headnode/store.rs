@@ -441,18 +441,26 @@ fn caller_deadline(metadata: &MetadataMap) -> Option<Instant> {
 /// The registro-log line of one stored message; the message is a JSON string and the id and
 /// datanode (which a datanode chose) are escaped, so the line never breaks.
 pub fn registro_line(ts: &str, reply: &StoreReply, message: &str) -> String {
-    let quoted = serde_json::to_string(message).unwrap_or_default();
-    let holders = if reply.replicas.is_empty() {
-        field(&reply.datanode).to_string()
+    // Written in one buffer, sized for the usual line: this runs for every Store.
+    let holders = reply.replicas.iter().map(String::len).sum::<usize>() + reply.datanode.len();
+    let mut line = String::with_capacity(ts.len() + reply.id.len() + holders + message.len() + 16);
+    line.push_str(ts);
+    line.push(' ');
+    line.push_str(&field(&reply.id));
+    line.push(' ');
+    if reply.replicas.is_empty() {
+        line.push_str(&field(&reply.datanode));
     } else {
-        reply
-            .replicas
-            .iter()
-            .map(|name| field(name).to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    };
-    format!("{ts} {} {holders} {quoted}", field(&reply.id))
+        for (i, name) in reply.replicas.iter().enumerate() {
+            if i > 0 {
+                line.push(',');
+            }
+            line.push_str(&field(name));
+        }
+    }
+    line.push(' ');
+    crate::logfile::push_json_string(&mut line, message);
+    line
 }
 
 #[tonic::async_trait]

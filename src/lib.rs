@@ -58,10 +58,18 @@ pub const DATANODE_SERVICE: &str = "registro.v1.Datanode";
 /// A short, single-line rendering of a message for receipts and log lines meant for people:
 /// control characters are escaped so a line never breaks, and long messages are cut.
 pub fn preview(message: &str) -> String {
-    const MAX_CHARS: usize = 40;
-    let mut out = String::new();
+    let mut out = String::with_capacity(message.len().min(PREVIEW_CHARS * 4) + 3);
+    push_preview(&mut out, message);
+    out
+}
+
+/// The characters of a message a [`preview`] keeps.
+const PREVIEW_CHARS: usize = 40;
+
+/// Appends [`preview`]`(message)` to `out`.
+fn push_preview(out: &mut String, message: &str) {
     for (i, c) in message.chars().enumerate() {
-        if i == MAX_CHARS {
+        if i == PREVIEW_CHARS {
             out.push('…');
             break;
         }
@@ -71,7 +79,6 @@ pub fn preview(message: &str) -> String {
             out.push(c);
         }
     }
-    out
 }
 
 /// `text` on one line: every run of whitespace (newlines included) becomes one space, for
@@ -82,7 +89,14 @@ pub fn one_line(text: &str) -> String {
 
 /// The human sentence of a [`pb::StoreReply`].
 pub fn receipt(message: &str, datanode: &str) -> String {
-    format!("Message '{}' stored on {datanode}.", preview(message))
+    // Built in one allocation: it is written for every Store.
+    let mut out = String::with_capacity(message.len().min(PREVIEW_CHARS * 4) + datanode.len() + 32);
+    out.push_str("Message '");
+    push_preview(&mut out, message);
+    out.push_str("' stored on ");
+    out.push_str(datanode);
+    out.push('.');
+    out
 }
 
 /// A fresh UUIDv7 (RFC 9562: the time in milliseconds, then 74 random bits), as text: the id
@@ -131,6 +145,24 @@ mod tests {
         for id in &ids {
             assert_eq!(uuid::Uuid::parse_str(id).unwrap().get_version_num(), 7);
         }
+    }
+
+    #[test]
+    fn receipts_preview_the_message_on_one_line() {
+        assert_eq!(
+            super::receipt("Hola", "datanode2"),
+            "Message 'Hola' stored on datanode2."
+        );
+        let long = "ñ".repeat(45);
+        assert_eq!(
+            super::receipt(&long, "d"),
+            format!("Message '{}…' stored on d.", "ñ".repeat(40))
+        );
+        assert_eq!(
+            super::receipt("a\nb\u{7}", "d"),
+            "Message 'a\\nb\\u{7}' stored on d."
+        );
+        assert_eq!(super::preview(&long), format!("{}…", "ñ".repeat(40)));
     }
 
     #[test]

@@ -148,11 +148,45 @@ fn charge(line: &str) -> u32 {
 
 /// `line` with its newlines and carriage returns escaped, so it is one line in the file.
 fn one_line(line: String) -> String {
-    if line.contains(['\n', '\r']) {
+    // A byte scan: '\n' and '\r' are ASCII, so no UTF-8 decoding is needed to find them.
+    if line.bytes().any(|b| b == b'\n' || b == b'\r') {
         line.replace('\n', "\\n").replace('\r', "\\r")
     } else {
         line
     }
+}
+
+/// Appends `text` to `out` as a JSON string (quoted and escaped exactly as `serde_json` writes
+/// it), without a buffer of its own.
+pub fn push_json_string(out: &mut String, text: &str) {
+    out.reserve(text.len() + 2);
+    out.push('"');
+    let mut plain = 0;
+    for (i, b) in text.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&text[plain..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            out.push_str(escape);
+        }
+        plain = i + 1;
+    }
+    out.push_str(&text[plain..]);
+    out.push('"');
 }
 
 /// `text` as one field of a space-separated log line: backslashes, control characters and
@@ -255,6 +289,31 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             "a\\n2026-01-01T00:00:00.000Z forged\\r\nb\n"
         );
+    }
+
+    #[test]
+    fn json_strings_are_written_as_serde_json_writes_them() {
+        let mut texts: Vec<String> = (0u8..=0x7f)
+            .map(|b| format!("a{}b", char::from(b)))
+            .collect();
+        texts.extend(
+            [
+                "",
+                "Hola \"mundo\"\n",
+                "ünïcödé ✓ \u{1F600}",
+                "\\\u{7f}\u{80}\u{2028}",
+            ]
+            .map(String::from),
+        );
+        for text in texts {
+            let mut out = String::from("x");
+            push_json_string(&mut out, &text);
+            assert_eq!(
+                out,
+                format!("x{}", serde_json::to_string(&text).unwrap()),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]
