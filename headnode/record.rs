@@ -29,11 +29,6 @@ pub fn derive_id(request_id: &str) -> String {
     Uuid::new_v5(&ID_NAMESPACE, request_id.as_bytes()).to_string()
 }
 
-/// A fresh request id for a Store that came without one: a UUIDv7 (see [`crate::uuid_v7`]).
-pub fn random_request_id() -> String {
-    crate::uuid_v7()
-}
-
 /// The key that places a stored record: its request id, or, for a Store that came without one,
 /// its id (which is the random key that placed it, see the module docs).
 pub fn placement_key<'a>(request_id: &'a str, id: &'a str) -> &'a str {
@@ -57,7 +52,7 @@ pub struct Placed {
 /// file's precision (milliseconds), so the reply's `stored_at` is exactly what List later shows.
 pub fn new(message: &str, request_id: &str) -> Placed {
     let (key, id) = if request_id.is_empty() {
-        let key = random_request_id();
+        let key = crate::uuid_v7();
         (key.clone(), key)
     } else {
         (request_id.to_string(), derive_id(request_id))

@@ -58,13 +58,19 @@ pub const DATANODE_SERVICE: &str = "registro.v1.Datanode";
 /// A short, single-line rendering of a message for receipts and log lines meant for people:
 /// control characters are escaped so a line never breaks, and long messages are cut.
 pub fn preview(message: &str) -> String {
-    let mut out = String::with_capacity(message.len().min(PREVIEW_CHARS * 4) + 3);
+    let mut out = String::with_capacity(preview_bytes(message));
     push_preview(&mut out, message);
     out
 }
 
 /// The characters of a message a [`preview`] keeps.
 const PREVIEW_CHARS: usize = 40;
+
+/// Room for [`preview`]`(message)` in the usual case (the kept characters and the ellipsis; an
+/// escaped control character may need more).
+fn preview_bytes(message: &str) -> usize {
+    message.len().min(PREVIEW_CHARS * 4) + '…'.len_utf8()
+}
 
 /// Appends [`preview`]`(message)` to `out`.
 fn push_preview(out: &mut String, message: &str) {
@@ -90,7 +96,9 @@ pub fn one_line(text: &str) -> String {
 /// The human sentence of a [`pb::StoreReply`].
 pub fn receipt(message: &str, datanode: &str) -> String {
     // Built in one allocation: it is written for every Store.
-    let mut out = String::with_capacity(message.len().min(PREVIEW_CHARS * 4) + datanode.len() + 32);
+    let mut out = String::with_capacity(
+        preview_bytes(message) + datanode.len() + "Message '' stored on .".len(),
+    );
     out.push_str("Message '");
     push_preview(&mut out, message);
     out.push_str("' stored on ");
