@@ -346,26 +346,25 @@ async fn send(
     request: Request<()>,
     body: Bytes,
 ) -> Result<Response<ResponseBody>, Failure> {
-    let broken = |context: String| {
+    // The context is formatted only when a call fails: this runs once per forward.
+    let broken = |what: &'static str| {
         move |e: h2::Error| Failure {
             stream_only: e.is_reset() && !e.is_go_away(),
-            error: Error::new(context, e),
+            error: Error::new(format!("{what} {address}"), e),
         }
     };
     let (response, mut stream) = connection
         .send_request(request, body.is_empty())
-        .map_err(broken(format!("cannot send a request to {address}")))?;
+        .map_err(broken("cannot send a request to"))?;
     if !body.is_empty() {
         // Queued with the HEADERS frame: both go out in the connection's next write. h2 keeps
         // what the peer's flow-control window does not take yet; that is bounded by the caller
         // (the batcher sends one call of at most 1 MiB of messages at a time on a connection).
         stream
             .send_data(body, true)
-            .map_err(broken(format!("cannot send a request to {address}")))?;
+            .map_err(broken("cannot send a request to"))?;
     }
-    let response = response
-        .await
-        .map_err(broken(format!("no response from {address}")))?;
+    let response = response.await.map_err(broken("no response from"))?;
     let (parts, recv) = response.into_parts();
     Ok(Response::from_parts(
         parts,
