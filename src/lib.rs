@@ -32,6 +32,7 @@ pub mod retry;
 pub mod server;
 pub mod time;
 pub mod tls;
+pub mod unary_store;
 
 #[path = "../datanode/mod.rs"]
 pub mod datanode;

@@ -22,10 +22,12 @@ use crate::limits::{InFlightLayer, LimitArgs, Limits, Tracker};
 use crate::metrics::GrpcLayer;
 use crate::pb;
 use crate::tls::Tls;
+use crate::unary_store::UnaryStoreLayer;
 
-/// A server's routes behind the [`crate::auth`] layer.
-pub type Router = tonic::transport::server::Router<
-    Stack<AuthLayer, Stack<InFlightLayer, Stack<GrpcLayer, Identity>>>,
+/// A server's routes behind the [`crate::auth`] layer, with `Store` served by the
+/// [`UnaryStoreLayer`] of the store service `S`.
+pub type Router<S> = tonic::transport::server::Router<
+    Stack<UnaryStoreLayer<S>, Stack<AuthLayer, Stack<InFlightLayer, Stack<GrpcLayer, Identity>>>>,
 >;
 
 /// A server builder with the HTTP/2 settings of `limits` (see [`crate::limits`]).
@@ -159,7 +161,7 @@ pub fn router<S>(
     store: S,
     tls: Option<&Tls>,
     metrics: GrpcLayer,
-) -> Result<Router, RouterError>
+) -> Result<Router<S>, RouterError>
 where
     S: pb::store_server::Store,
 {
@@ -169,17 +171,19 @@ where
         Some(tls) => builder = builder.tls_config(tls.server_config())?,
         None => crate::tls::warn_plaintext(),
     }
+    let store = std::sync::Arc::new(store);
     // Outermost first: every call is recorded (shed and refused ones too), then the limits,
-    // then who may call what.
+    // then who may call what; then Store is answered, and every other call routed.
     Ok(builder
         .layer(metrics)
         .layer(tracker.layer())
         .layer(AuthLayer::new(tls.is_some()))
+        .layer(UnaryStoreLayer::new(store.clone(), MAX_GRPC_MESSAGE_BYTES))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
-            pb::store_server::StoreServer::new(store)
+            pb::store_server::StoreServer::from_arc(store)
                 .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES),
         ))
@@ -274,8 +278,8 @@ impl CommonArgs {
 
 /// Serves `router` on `listener` within the limits of `tracker` until `shutdown` resolves, then
 /// runs the shutdown sequence (see the module docs) with `grace` for in-flight requests.
-pub async fn serve(
-    router: Router,
+pub async fn serve<S: pb::store_server::Store>(
+    router: Router<S>,
     tracker: &Tracker,
     listener: TcpListener,
     health: Health,
