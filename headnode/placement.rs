@@ -14,17 +14,23 @@
 
 /// The placement order of `key` over `names`: indexes into `names`, best first.
 pub fn rank<S: AsRef<str>>(key: &str, names: &[S]) -> Vec<usize> {
-    let mut scored: Vec<(u64, usize)> = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| (score(key, name.as_ref()), i))
+    let named: Vec<(usize, &S)> = names.iter().enumerate().collect();
+    order(key, named, |(_, name)| name.as_ref())
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// `items` in the placement order of `key`, each named by `name`: what [`rank`] computes, in
+/// place (the headnode orders its members for every Store).
+pub fn order<T>(key: &str, items: Vec<T>, name: impl Fn(&T) -> &str) -> Vec<T> {
+    let mut scored: Vec<(u64, T)> = items
+        .into_iter()
+        .map(|item| (score(key, name(&item)), item))
         .collect();
     // Highest score first; equal scores (never in practice) by name, so the order is total.
-    scored.sort_unstable_by(|a, b| {
-        b.0.cmp(&a.0)
-            .then_with(|| names[a.1].as_ref().cmp(names[b.1].as_ref()))
-    });
-    scored.into_iter().map(|(_, i)| i).collect()
+    scored.sort_unstable_by(|a, b| b.0.cmp(&a.0).then_with(|| name(&a.1).cmp(name(&b.1))));
+    scored.into_iter().map(|(_, item)| item).collect()
 }
 
 /// The weight of datanode `name` for `key`.

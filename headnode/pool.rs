@@ -1,5 +1,5 @@
 //! The pool: every datanode the headnode knows, its health as the last probe or forward saw it,
-//! and a key's placement order over it ([`Pool::placement`], by [`super::placement::rank`]).
+//! and a key's placement order over it ([`Pool::placement`], by [`super::placement::order`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -373,11 +373,7 @@ impl Pool {
     /// to it again. The caller skips the ones not [`Datanode::is_serving`].
     pub fn placement(&self, key: &str) -> Vec<Arc<Datanode>> {
         let members: Vec<Arc<Datanode>> = self.read().values().cloned().collect();
-        let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
-        super::placement::rank(key, &names)
-            .into_iter()
-            .map(|i| members[i].clone())
-            .collect()
+        super::placement::order(key, members, |m| m.name.as_str())
     }
 
     /// Whether any member has not been probed yet (registered, its first probe under way).

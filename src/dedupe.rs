@@ -269,7 +269,10 @@ impl<V: Clone + HeapSize> Dedupe<V> {
             Claim::Conflict => Ok(Outcome::Conflict),
             Claim::Fresh(ticket) => {
                 let value = op().await?;
-                ticket.complete(value.clone());
+                // An empty key remembers nothing: no copy to make.
+                if ticket.held.is_some() {
+                    ticket.complete(value.clone());
+                }
                 Ok(Outcome::Fresh(value))
             }
         }
