@@ -179,10 +179,21 @@ async fn run(
     };
     let health_only = health_service.clone();
     let tracker = crate::limits::Tracker::new(config.limits);
+    // StoreBatch, the headnodes' call, answered in front of tonic's router as Store is.
+    let batches = std::sync::Arc::new(store.clone());
+    let unary = crate::unary::UnaryLayer::default().with(
+        crate::unary::STORE_BATCH,
+        server::MAX_GRPC_BATCH_BYTES,
+        move |request| {
+            let batches = batches.clone();
+            async move { pb::datanode_server::Datanode::store_batch(&*batches, request).await }
+        },
+    );
     let router = server::router(
         &tracker,
         health_service,
         store.clone(),
+        unary,
         config.tls.as_ref(),
         GrpcLayer::new(grpc_metrics),
     )?

@@ -220,6 +220,7 @@ pub async fn serve(
         &tracker,
         health_service,
         store,
+        crate::unary::UnaryLayer::default(),
         config.tls.as_ref(),
         GrpcLayer::new(grpc_metrics),
     )?

@@ -32,7 +32,7 @@ pub mod retry;
 pub mod server;
 pub mod time;
 pub mod tls;
-pub mod unary_store;
+pub mod unary;
 
 #[path = "../datanode/mod.rs"]
 pub mod datanode;

@@ -22,12 +22,12 @@ use crate::limits::{InFlightLayer, LimitArgs, Limits, Tracker};
 use crate::metrics::GrpcLayer;
 use crate::pb;
 use crate::tls::Tls;
-use crate::unary_store::UnaryStoreLayer;
+use crate::unary::UnaryLayer;
 
-/// A server's routes behind the [`crate::auth`] layer, with `Store` served by the
-/// [`UnaryStoreLayer`] of the store service `S`.
-pub type Router<S> = tonic::transport::server::Router<
-    Stack<UnaryStoreLayer<S>, Stack<AuthLayer, Stack<InFlightLayer, Stack<GrpcLayer, Identity>>>>,
+/// A server's routes behind the [`crate::auth`] layer, with its busiest unary calls answered
+/// in front of them ([`UnaryLayer`]).
+pub type Router = tonic::transport::server::Router<
+    Stack<UnaryLayer, Stack<AuthLayer, Stack<InFlightLayer, Stack<GrpcLayer, Identity>>>>,
 >;
 
 /// A server builder with the HTTP/2 settings of `limits` (see [`crate::limits`]).
@@ -152,16 +152,19 @@ pub fn reflection() -> Result<
 /// service, reflection (v1 and v1alpha) and `registro.v1.Store` with the transport's message
 /// limits, every call recorded by `metrics`, behind the [`crate::auth`] layer. With `tls`, every
 /// connection needs a client certificate signed by the cluster's CA; without, it is plaintext
-/// (and says so in the log). The headnode adds Heartbeat.
+/// (and says so in the log). Store, and the role's own methods in `unary` (the datanode's
+/// StoreBatch), are answered by the [`UnaryLayer`] in front of the routes. The headnode adds
+/// Heartbeat, the datanode the Datanode service.
 pub fn router<S>(
     tracker: &Tracker,
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
     store: S,
+    unary: UnaryLayer,
     tls: Option<&Tls>,
     metrics: GrpcLayer,
-) -> Result<Router<S>, RouterError>
+) -> Result<Router, RouterError>
 where
     S: pb::store_server::Store,
 {
@@ -178,7 +181,7 @@ where
         .layer(metrics)
         .layer(tracker.layer())
         .layer(AuthLayer::new(tls.is_some()))
-        .layer(UnaryStoreLayer::new(store.clone(), MAX_GRPC_MESSAGE_BYTES))
+        .layer(unary.with_store(store.clone(), MAX_GRPC_MESSAGE_BYTES))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -278,8 +281,8 @@ impl CommonArgs {
 
 /// Serves `router` on `listener` within the limits of `tracker` until `shutdown` resolves, then
 /// runs the shutdown sequence (see the module docs) with `grace` for in-flight requests.
-pub async fn serve<S: pb::store_server::Store>(
-    router: Router<S>,
+pub async fn serve(
+    router: Router,
     tracker: &Tracker,
     listener: TcpListener,
     health: Health,

@@ -1,23 +1,24 @@
-//! `registro.v1.Store/Store` served without tonic's router and codec: the busiest call of every
-//! registro server, and a unary one, so its path can be short.
+//! Unary calls served without tonic's router and codec: `registro.v1.Store/Store` on every
+//! server, and `registro.v1.Datanode/StoreBatch` on a datanode, the busiest calls of each.
 //!
 //! tonic routes a request through axum's router, then `Grpc::unary`: a streaming decoder with a
 //! buffer of its own, then a streaming encoder with another, around the handler. For one request
-//! message and one reply, [`UnaryStoreLayer`] does the same work in a few lines, in front of the
+//! message and one reply, [`UnaryLayer`] does the same work in a few lines, in front of the
 //! router and behind every other layer (metrics, limits, auth and tonic's own `grpc-timeout`
 //! handling keep seeing the call as before): it reads the request's one message (in place when it
-//! came in one DATA frame), decodes it, calls the same [`pb::store_server::Store`] handler that
-//! tonic would, and answers with the encoded reply and `grpc-status: 0` in the trailers, or an
-//! error as trailers-only, as tonic does. Every other path goes on to the router.
+//! came in one DATA frame), decodes it, calls the same handler that tonic would (the generated
+//! service trait's method), and answers with the encoded reply and `grpc-status: 0` in the
+//! trailers, or an error as trailers-only, as tonic does. Every other path goes on to the router.
 //!
 //! What tonic checks, checked here alike and with tonic's words: a `grpc-encoding` other than
 //! `identity` is UNIMPLEMENTED (no server of ours takes compressed requests); a compressed-flag
-//! without one, or a flag other than 0 or 1, is INTERNAL; a declared length over the limit is
-//! OUT_OF_RANGE before its bytes are read; a body that ends inside a message is INTERNAL; an
-//! unparsable message is INTERNAL. Data after the first message is read and dropped (nothing is
+//! without one, or a flag other than 0 or 1, is INTERNAL; a declared length over the method's
+//! limit is OUT_OF_RANGE before its bytes are read; a body that ends inside a message is INTERNAL;
+//! an unparsable message is INTERNAL. Data after the first message is read and dropped (nothing is
 //! kept of it), as tonic's unary calls ignore it. `scripts/store-cost.sh` measures what it saves.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -34,101 +35,165 @@ use tonic::metadata::MetadataMap;
 
 use crate::pb;
 
-/// The path this layer answers; every other goes to the service it wraps.
-pub const PATH: &str = "/registro.v1.Store/Store";
+/// The path of Store, served by every registro server.
+pub const STORE: &str = "/registro.v1.Store/Store";
+/// The path of a datanode's StoreBatch.
+pub const STORE_BATCH: &str = "/registro.v1.Datanode/StoreBatch";
 
 /// The gRPC message prefix: a compressed-flag byte and a big-endian 32-bit length.
 const PREFIX: usize = 5;
 
-/// Puts [`UnaryStore`] in front of a server's routes.
-pub struct UnaryStoreLayer<S> {
-    store: Arc<S>,
+type Answer = Pin<Box<dyn Future<Output = http::Response<Body>> + Send>>;
+
+/// One unary method: a request in, its response out, errors included.
+trait Method: Send + Sync {
+    fn serve(&self, request: http::Request<Body>) -> Answer;
+}
+
+/// A [`Method`] from a handler `F` of tonic's shape, and the largest request message it takes.
+struct Handler<Req, Rep, F> {
+    handler: F,
     max_message_bytes: usize,
+    types: PhantomData<fn(Req) -> Rep>,
 }
 
-impl<S> UnaryStoreLayer<S> {
-    /// Serves `Store` with `store`, refusing request messages over `max_message_bytes` (the
+impl<Req, Rep, F, Fut> Method for Handler<Req, Rep, F>
+where
+    Req: Message + Default + Send + 'static,
+    Rep: Message + 'static,
+    F: Fn(tonic::Request<Req>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<tonic::Response<Rep>, Status>> + Send + 'static,
+{
+    fn serve(&self, request: http::Request<Body>) -> Answer {
+        let handler = self.handler.clone();
+        let max = self.max_message_bytes;
+        Box::pin(async move {
+            match call(handler, request, max).await {
+                Ok(response) => response,
+                Err(status) => status.into_http(),
+            }
+        })
+    }
+}
+
+/// Serves some unary methods itself, in front of a server's routes ([`UnaryLayer::store`] for
+/// Store, [`UnaryLayer::with`] for more). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct UnaryLayer {
+    methods: Arc<Vec<(&'static str, Arc<dyn Method>)>>,
+}
+
+impl UnaryLayer {
+    /// Only Store, answered by `store`: see [`Self::with_store`].
+    pub fn store<S: pb::store_server::Store>(store: Arc<S>, max_message_bytes: usize) -> Self {
+        Self::default().with_store(store, max_message_bytes)
+    }
+
+    /// Adds Store, answered by `store`, refusing request messages over `max_message_bytes` (the
     /// transport limit, as tonic's `max_decoding_message_size`).
-    pub fn new(store: Arc<S>, max_message_bytes: usize) -> Self {
-        Self {
-            store,
+    pub fn with_store<S: pb::store_server::Store>(
+        self,
+        store: Arc<S>,
+        max_message_bytes: usize,
+    ) -> Self {
+        self.with(STORE, max_message_bytes, move |request| {
+            let store = store.clone();
+            async move { store.store(request).await }
+        })
+    }
+
+    /// Adds the unary method at `path` (`/package.Service/Method`), answered by `handler` (which
+    /// gets and gives what the generated service trait's method does), with request messages of
+    /// at most `max_message_bytes`.
+    pub fn with<Req, Rep, F, Fut>(
+        mut self,
+        path: &'static str,
+        max_message_bytes: usize,
+        handler: F,
+    ) -> Self
+    where
+        Req: Message + Default + Send + 'static,
+        Rep: Message + 'static,
+        F: Fn(tonic::Request<Req>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<tonic::Response<Rep>, Status>> + Send + 'static,
+    {
+        let method: Arc<dyn Method> = Arc::new(Handler {
+            handler,
             max_message_bytes,
-        }
+            types: PhantomData,
+        });
+        let mut methods = (*self.methods).clone();
+        methods.retain(|(p, _)| *p != path);
+        methods.push((path, method));
+        self.methods = Arc::new(methods);
+        self
+    }
+
+    fn find(&self, path: &str) -> Option<&Arc<dyn Method>> {
+        self.methods
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, method)| method)
     }
 }
 
-impl<S> Clone for UnaryStoreLayer<S> {
-    fn clone(&self) -> Self {
-        Self {
-            store: self.store.clone(),
-            max_message_bytes: self.max_message_bytes,
-        }
-    }
-}
+impl<I> tower::Layer<I> for UnaryLayer {
+    type Service = Unary<I>;
 
-impl<S, I> tower::Layer<I> for UnaryStoreLayer<S> {
-    type Service = UnaryStore<S, I>;
-
-    fn layer(&self, inner: I) -> UnaryStore<S, I> {
-        UnaryStore {
+    fn layer(&self, inner: I) -> Unary<I> {
+        Unary {
             layer: self.clone(),
             inner,
         }
     }
 }
 
-/// See [`UnaryStoreLayer`].
-pub struct UnaryStore<S, I> {
-    layer: UnaryStoreLayer<S>,
+/// See [`UnaryLayer`].
+#[derive(Clone)]
+pub struct Unary<I> {
+    layer: UnaryLayer,
     inner: I,
 }
 
-impl<S, I: Clone> Clone for UnaryStore<S, I> {
-    fn clone(&self) -> Self {
-        Self {
-            layer: self.layer.clone(),
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-type StoreFuture<E> = Pin<Box<dyn Future<Output = Result<http::Response<Body>, E>> + Send>>;
-
-impl<S, I> tower::Service<http::Request<Body>> for UnaryStore<S, I>
+impl<I> tower::Service<http::Request<Body>> for Unary<I>
 where
-    S: pb::store_server::Store,
     I: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
-    I::Error: 'static,
 {
     type Response = http::Response<Body>;
     type Error = I::Error;
-    type Future = Either<StoreFuture<I::Error>, I::Future>;
+    type Future = Either<
+        futures::future::Map<
+            Answer,
+            fn(http::Response<Body>) -> Result<http::Response<Body>, I::Error>,
+        >,
+        I::Future,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), I::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if request.uri().path() != PATH {
-            return Either::Right(self.inner.call(request));
+        use futures::FutureExt;
+        match self.layer.find(request.uri().path()) {
+            Some(method) => Either::Left(method.serve(request).map(Ok)),
+            None => Either::Right(self.inner.call(request)),
         }
-        let store = self.layer.store.clone();
-        let max = self.layer.max_message_bytes;
-        Either::Left(Box::pin(async move {
-            Ok(match call(&*store, request, max).await {
-                Ok(reply) => reply,
-                Err(status) => status.into_http(),
-            })
-        }))
     }
 }
 
-/// One Store: the request decoded, the handler called, the reply encoded.
-async fn call<S: pb::store_server::Store>(
-    store: &S,
+/// One call: the request decoded, the handler called, the reply encoded.
+async fn call<Req, Rep, F, Fut>(
+    handler: F,
     request: http::Request<Body>,
     max: usize,
-) -> Result<http::Response<Body>, Status> {
+) -> Result<http::Response<Body>, Status>
+where
+    Req: Message + Default,
+    Rep: Message,
+    F: Fn(tonic::Request<Req>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<Rep>, Status>>,
+{
     let (parts, body) = request.into_parts();
     if let Some(encoding) = parts.headers.get("grpc-encoding")
         && encoding.as_bytes() != b"identity"
@@ -136,16 +201,16 @@ async fn call<S: pb::store_server::Store>(
         return Err(unsupported_encoding(encoding));
     }
     let message = read_message(body, max).await?;
-    let message = pb::StoreRequest::decode(message).map_err(|e| Status::internal(e.to_string()))?;
+    let message = Req::decode(message).map_err(|e| Status::internal(e.to_string()))?;
     let request = tonic::Request::from_parts(
         MetadataMap::from_headers(parts.headers),
         parts.extensions,
         message,
     );
-    let (metadata, reply, extensions) = store.store(request).await?.into_parts();
+    let (metadata, reply, extensions) = handler(request).await?.into_parts();
     let mut encoded = BytesMut::with_capacity(PREFIX + reply.encoded_len());
     encoded.put_u8(0);
-    // A reply is a few hundred bytes; the transport limit (4 MiB) is far below u32::MAX.
+    // Replies stay under the transport limits (at most 8 MiB), far below u32::MAX.
     encoded.put_u32(
         u32::try_from(reply.encoded_len())
             .map_err(|_| Status::internal("the reply is too large to send"))?,
@@ -153,7 +218,7 @@ async fn call<S: pb::store_server::Store>(
     reply
         .encode(&mut encoded)
         .map_err(|e| Status::internal(format!("cannot encode the reply: {e}")))?;
-    let mut response = http::Response::new(Body::new(Unary {
+    let mut response = http::Response::new(Body::new(Reply {
         data: Some(encoded.freeze()),
         trailers: Some(ok_trailers()),
     }));
@@ -276,12 +341,12 @@ fn check_prefix(prefix: &[u8], max: usize) -> Result<usize, Status> {
 }
 
 /// A unary reply: one DATA frame, then the trailers.
-struct Unary {
+struct Reply {
     data: Option<Bytes>,
     trailers: Option<HeaderMap>,
 }
 
-impl http_body::Body for Unary {
+impl http_body::Body for Reply {
     type Data = Bytes;
     type Error = Status;
 
@@ -484,14 +549,14 @@ mod tests {
 
     #[tokio::test]
     async fn store_is_answered_here_and_everything_else_is_routed() {
-        let layer = UnaryStoreLayer::new(Arc::new(Echo), MAX);
+        let layer = UnaryLayer::store(Arc::new(Echo), MAX);
         let mut service = layer.layer(router());
 
         let response = service
             .ready()
             .await
             .unwrap()
-            .call(request(PATH, "hi", None))
+            .call(request(STORE, "hi", None))
             .await
             .unwrap();
         let (headers, status, data) = answer(response).await;
@@ -508,7 +573,7 @@ mod tests {
             "metadata and extensions reach the handler"
         );
 
-        let response = service.call(request(PATH, "fail", None)).await.unwrap();
+        let response = service.call(request(STORE, "fail", None)).await.unwrap();
         let (headers, status, data) = answer(response).await;
         assert_eq!(status, (Code::InvalidArgument as i32).to_string());
         assert_eq!(
@@ -518,14 +583,14 @@ mod tests {
         assert!(data.is_empty(), "an error is trailers-only");
 
         let response = service
-            .call(request(PATH, "hi", Some("gzip")))
+            .call(request(STORE, "hi", Some("gzip")))
             .await
             .unwrap();
         let (headers, status, _) = answer(response).await;
         assert_eq!(status, (Code::Unimplemented as i32).to_string());
         assert_eq!(headers["grpc-accept-encoding"], "identity");
         let response = service
-            .call(request(PATH, "hi", Some("identity")))
+            .call(request(STORE, "hi", Some("identity")))
             .await
             .unwrap();
         assert_eq!(answer(response).await.1, "0");
@@ -535,5 +600,38 @@ mod tests {
             let (_, status, _) = answer(response).await;
             assert_eq!(status, (Code::NotFound as i32).to_string(), "{path}");
         }
+    }
+
+    #[tokio::test]
+    async fn more_methods_each_with_their_own_types_and_limit() {
+        let layer = UnaryLayer::store(Arc::new(Echo), MAX).with(
+            STORE_BATCH,
+            8,
+            |request: tonic::Request<pb::StoreBatchRequest>| async move {
+                let records = request.into_inner().records.len();
+                Ok(tonic::Response::new(pb::StoreBatchReply {
+                    results: vec![pb::StoreResult::default(); records],
+                }))
+            },
+        );
+        let mut service = layer.layer(router());
+        let batch = |records: usize| {
+            let encoded = pb::StoreBatchRequest {
+                records: vec![pb::Record::default(); records],
+            }
+            .encode_to_vec();
+            let mut request = http::Request::new(body(&[&framed(0, &encoded)], false));
+            *request.uri_mut() = STORE_BATCH.parse().unwrap();
+            request
+        };
+        let (_, status, data) = answer(service.call(batch(3)).await.unwrap()).await;
+        assert_eq!(status, "0");
+        let reply = pb::StoreBatchReply::decode(&data[PREFIX..]).unwrap();
+        assert_eq!(reply.results.len(), 3);
+        // Five empty records are 10 bytes, over this method's 8; Store keeps its own limit.
+        let (_, status, _) = answer(service.call(batch(5)).await.unwrap()).await;
+        assert_eq!(status, (Code::OutOfRange as i32).to_string());
+        let (_, status, _) = answer(service.call(request(STORE, "hi", None)).await.unwrap()).await;
+        assert_eq!(status, "0");
     }
 }
