@@ -10,7 +10,8 @@
 # Usage: scripts/headnode-ab.sh BINARY... (take the benchmark lock: flock /tmp/registro-bench.lock)
 # Settings: LEVELS="1 8 64 256" ROUNDS=8 SECONDS_PER=2 MODE=never CONNECTIONS=4 SIZE=100
 #           HEADNODE_ARGS="" (extra flags for every headnode); ENV_<n>="VAR=value ..." (environment
-#           of the n-th binary, from 1, e.g. ENV_2="TOKIO_WORKER_THREADS=1")
+#           of the n-th binary, from 1, e.g. ENV_2="TOKIO_WORKER_THREADS=1"); DATANODE_<n>=BINARY
+#           (the n-th cluster's datanodes; default target/release/datanode)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 read -r -a levels <<<"${LEVELS:-1 8 64 256}"
@@ -38,8 +39,9 @@ for i in "${!binaries[@]}"; do
   dir=$work/b$i
   mkdir -p "$dir"
   addrs=()
+  datavar="DATANODE_$((i + 1))"
   for d in 1 2 3; do
-    "$bin/datanode" --listen 127.0.0.1:0 --name "datanode$d" --data-dir "$dir/datanode$d" \
+    "${!datavar:-$bin/datanode}" --listen 127.0.0.1:0 --name "datanode$d" --data-dir "$dir/datanode$d" \
       --fsync "$mode" </dev/null >/dev/null 2>"$dir/datanode$d.err" &
     pids+=($!)
     addrs+=("$(addr_of "$dir/datanode$d.err")")
