@@ -263,8 +263,8 @@ async fn read_message(mut body: Body, max: usize) -> Result<Bytes, Status> {
     let mut declared: Option<usize> = None;
     while let Some(frame) = body.frame().await {
         let Ok(mut data) = frame?.into_data() else {
-            // Trailers end the body; tonic merges them into the metadata, which Store never
-            // reads.
+            // Trailers end the body; tonic merges them into the metadata, which neither Store
+            // nor StoreBatch reads.
             continue;
         };
         if message.is_some() {
