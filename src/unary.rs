@@ -76,19 +76,14 @@ where
     }
 }
 
-/// Serves some unary methods itself, in front of a server's routes ([`UnaryLayer::store`] for
-/// Store, [`UnaryLayer::with`] for more). Cheap to clone.
+/// Serves some unary methods itself, in front of a server's routes ([`UnaryLayer::with_store`]
+/// for Store, [`UnaryLayer::with`] for more). Cheap to clone.
 #[derive(Clone, Default)]
 pub struct UnaryLayer {
     methods: Arc<Vec<(&'static str, Arc<dyn Method>)>>,
 }
 
 impl UnaryLayer {
-    /// Only Store, answered by `store`: see [`Self::with_store`].
-    pub fn store<S: pb::store_server::Store>(store: Arc<S>, max_message_bytes: usize) -> Self {
-        Self::default().with_store(store, max_message_bytes)
-    }
-
     /// Adds Store, answered by `store`, refusing request messages over `max_message_bytes` (the
     /// transport limit, as tonic's `max_decoding_message_size`).
     pub fn with_store<S: pb::store_server::Store>(
@@ -208,12 +203,12 @@ where
         message,
     );
     let (metadata, reply, extensions) = handler(request).await?.into_parts();
-    let mut encoded = BytesMut::with_capacity(PREFIX + reply.encoded_len());
+    let len = reply.encoded_len();
+    let mut encoded = BytesMut::with_capacity(PREFIX + len);
     encoded.put_u8(0);
     // Replies stay under the transport limits (at most 8 MiB), far below u32::MAX.
     encoded.put_u32(
-        u32::try_from(reply.encoded_len())
-            .map_err(|_| Status::internal("the reply is too large to send"))?,
+        u32::try_from(len).map_err(|_| Status::internal("the reply is too large to send"))?,
     );
     reply
         .encode(&mut encoded)
@@ -549,7 +544,7 @@ mod tests {
 
     #[tokio::test]
     async fn store_is_answered_here_and_everything_else_is_routed() {
-        let layer = UnaryLayer::store(Arc::new(Echo), MAX);
+        let layer = UnaryLayer::default().with_store(Arc::new(Echo), MAX);
         let mut service = layer.layer(router());
 
         let response = service
@@ -604,7 +599,7 @@ mod tests {
 
     #[tokio::test]
     async fn more_methods_each_with_their_own_types_and_limit() {
-        let layer = UnaryLayer::store(Arc::new(Echo), MAX).with(
+        let layer = UnaryLayer::default().with_store(Arc::new(Echo), MAX).with(
             STORE_BATCH,
             8,
             |request: tonic::Request<pb::StoreBatchRequest>| async move {

@@ -48,8 +48,8 @@ fn raw_requests(addr: &str) -> BTreeMap<String, String> {
 }
 
 /// Invalid UTF-8, truncated protobuf, garbage, an over-4-MiB request, an empty message and a
-/// gzip-compressed one, sent as raw bytes by grpcio to the headnode and to a datanode: each refused with the documented
-/// code, nothing stored, and both nodes keep serving.
+/// gzip-compressed one, sent as raw bytes by grpcio to the headnode and to a datanode: each
+/// refused with the documented code, nothing stored, and both nodes keep serving.
 #[tokio::test(flavor = "multi_thread")]
 async fn raw_bad_requests_are_refused_and_store_nothing() {
     let cluster = Cluster::start(1).await;
@@ -64,7 +64,8 @@ async fn raw_bad_requests_are_refused_and_store_nothing() {
         assert_eq!(codes["invalid_utf8"], "INTERNAL");
         assert_eq!(codes["truncated_protobuf"], "INTERNAL");
         assert_eq!(codes["garbage_bytes"], "INTERNAL");
-        // tonic refuses a message over its decoding limit with OUT_OF_RANGE.
+        // A message over the transport limit is OUT_OF_RANGE (tonic's code, kept by the
+        // unary layer that answers Store).
         assert_eq!(codes["over_transport_limit"], "OUT_OF_RANGE");
         assert_eq!(codes["empty_message"], "INVALID_ARGUMENT");
         // No server of ours takes compressed requests (tonic's answer, and the Store path's).
