@@ -31,12 +31,15 @@
 //! request id, or its own error, [`Error::Message`]).
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tonic::{Code, Status};
 
 use crate::direct::Direct;
@@ -191,7 +194,19 @@ struct Shared {
 /// What the lock guards: the queue, and the connections with no call out.
 struct State {
     queue: VecDeque<Pending>,
-    idle: Vec<DatanodeClient<Direct>>,
+    idle: Vec<Connection>,
+}
+
+/// A forward connection, and the timer that bounds its calls (one at a time).
+///
+/// The timer is reset for each call rather than made anew: a call's deadline is later than the
+/// last one's, and moving a registered timer later is an atomic store, where a new timer goes
+/// into tokio's timer wheel and, being the earliest there, wakes the runtime's driver (a write
+/// to its eventfd and one more `epoll_wait`) once per call.
+struct Connection {
+    client: DatanodeClient<Direct>,
+    /// Made at the first call (it needs the runtime's timer).
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Shared {
@@ -206,7 +221,7 @@ impl Shared {
 /// of its own sends it), else to the idle list. So a connection is never lost, and a queued Store
 /// always has a call coming.
 struct Lease {
-    client: Option<DatanodeClient<Direct>>,
+    client: Option<Connection>,
     shared: Arc<Shared>,
 }
 
@@ -215,7 +230,7 @@ impl Lease {
     async fn call(&mut self, records: Vec<Record>) -> Result<Vec<StoreResult>, Error> {
         let timeout = self.shared.forward_timeout;
         match self.client.as_mut() {
-            Some(client) => call(client, records, timeout).await,
+            Some(connection) => call(connection, records, timeout).await,
             None => Err(Error::Call("no connection in the lease".into())),
         }
     }
@@ -253,9 +268,13 @@ impl Batcher {
             .into_iter()
             .map(|connection| {
                 let origin = connection.origin();
-                DatanodeClient::with_origin(connection, origin)
+                let client = DatanodeClient::with_origin(connection, origin)
                     .max_decoding_message_size(crate::server::MAX_GRPC_BATCH_BYTES)
-                    .max_encoding_message_size(crate::server::MAX_GRPC_BATCH_BYTES)
+                    .max_encoding_message_size(crate::server::MAX_GRPC_BATCH_BYTES);
+                Connection {
+                    client,
+                    timer: None,
+                }
             })
             .collect();
         let connections = idle.len().max(1);
@@ -427,13 +446,28 @@ async fn send(mut lease: Lease, batch: Vec<Pending>) {
 /// failed ([`Error::Busy`] for RESOURCE_EXHAUSTED, else [`Error::Call`]). Whatever failed the
 /// whole call says nothing about the messages: each is retried on another datanode.
 async fn call(
-    client: &mut DatanodeClient<Direct>,
+    connection: &mut Connection,
     records: Vec<Record>,
     timeout: Duration,
 ) -> Result<Vec<StoreResult>, Error> {
     let sent = records.len();
-    let answer =
-        tokio::time::timeout(timeout, client.store_batch(StoreBatchRequest { records })).await;
+    let deadline = Instant::now() + timeout;
+    let timer = match &mut connection.timer {
+        Some(timer) => {
+            timer.as_mut().reset(deadline);
+            timer
+        }
+        None => connection
+            .timer
+            .insert(Box::pin(tokio::time::sleep_until(deadline))),
+    };
+    let reply = connection.client.store_batch(StoreBatchRequest { records });
+    tokio::pin!(reply);
+    let answer = std::future::poll_fn(|cx| match reply.as_mut().poll(cx) {
+        Poll::Ready(answer) => Poll::Ready(Ok(answer)),
+        Poll::Pending => timer.as_mut().poll(cx).map(Err),
+    })
+    .await;
     let error = match answer {
         Ok(Ok(reply)) => {
             let results = reply.into_inner().results;
