@@ -1,7 +1,8 @@
 //! The headnode's forward queue, against a datanode whose calls the test holds and releases: a
 //! Store whose caller gave up while queued is never sent; a Store already sent is not sent
 //! elsewhere because its caller gave up; a full queue answers RESOURCE_EXHAUSTED at once; and
-//! none of this marks the datanode down.
+//! none of this marks the datanode down. And every call on a connection gets its own forward
+//! timeout, whatever the calls before it did.
 
 mod common;
 
@@ -273,5 +274,76 @@ async fn a_full_forward_queue_answers_resource_exhausted_at_once() {
     assert_eq!(
         received, stored,
         "exactly the Stores acknowledged were sent, none refused or given up"
+    );
+}
+
+/// Every call on a forward connection gets the forward timeout from when it is sent, whatever the
+/// calls before it did: the connection's one timer is moved later for a call right after an
+/// answered one, and set again after it fired. A held call fails over (UNAVAILABLE here, the only
+/// datanode being down) within the timeout, not when the datanode answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_call_on_a_connection_times_out_after_the_calls_before_it() {
+    const FORWARD_TIMEOUT: Duration = Duration::from_millis(300);
+    let dir = tempfile::tempdir().unwrap();
+    let datanode = Held::start("held").await;
+    let mut config = headnode_config(dir.path(), vec![datanode.addr.clone()]);
+    config.forward_timeout = FORWARD_TIMEOUT;
+    let head = headnode(config).await;
+    let url = head.url();
+    wait_serving_at(&url, 1).await;
+    // A held Store that is never timed out would wait for the datanode forever: bound the wait.
+    let held_store = |message: &'static str| {
+        let url = url.clone();
+        async move {
+            let sent = tokio::time::Instant::now();
+            let answer = tokio::time::timeout(
+                Duration::from_secs(20),
+                store(&url, message, message),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{message}: no answer in 20 s, the forward timeout is {FORWARD_TIMEOUT:?}")
+            });
+            (answer, sent.elapsed())
+        }
+    };
+
+    datanode.open.send_replace(true);
+    store(&url, "answered", "answered").await.unwrap();
+    datanode.open.send_replace(false);
+    // Right after an answered call: its timer is still set, and moved later for this one.
+    let (answer, waited) = held_store("after-an-answer").await;
+    let err = answer.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(waited >= FORWARD_TIMEOUT, "answered after {waited:?}");
+    println!("a held call after an answered one failed over after {waited:?}");
+
+    eventually("the datanode SERVING again", || async {
+        all_serving(&url).await.then_some(())
+    })
+    .await;
+    // The timer fired for the call before: it is set again for this one.
+    let (answer, waited) = held_store("after-a-timeout").await;
+    let err = answer.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(waited >= FORWARD_TIMEOUT, "answered after {waited:?}");
+    println!("a held call after a timed-out one failed over after {waited:?}");
+
+    datanode.open.send_replace(true);
+    eventually("the datanode SERVING again", || async {
+        all_serving(&url).await.then_some(())
+    })
+    .await;
+    store(&url, "answered-again", "answered-again")
+        .await
+        .unwrap();
+    assert_eq!(
+        datanode.received(),
+        [
+            "answered",
+            "after-an-answer",
+            "after-a-timeout",
+            "answered-again"
+        ]
     );
 }
