@@ -179,14 +179,18 @@ async fn run(
     };
     let health_only = health_service.clone();
     let tracker = crate::limits::Tracker::new(config.limits);
-    // StoreBatch, the headnodes' call, answered in front of tonic's router as Store is.
-    let batches = std::sync::Arc::new(store.clone());
+    // One service behind Store, StoreBatch and the Datanode service's other calls. StoreBatch,
+    // the headnodes' call, is answered in front of tonic's router as Store is.
+    let store = std::sync::Arc::new(store);
     let unary = crate::unary::UnaryLayer::default().with(
         crate::unary::STORE_BATCH,
         server::MAX_GRPC_BATCH_BYTES,
-        move |request| {
-            let batches = batches.clone();
-            async move { pb::datanode_server::Datanode::store_batch(&*batches, request).await }
+        {
+            let store = store.clone();
+            move |request| {
+                let store = store.clone();
+                async move { pb::datanode_server::Datanode::store_batch(&*store, request).await }
+            }
         },
     );
     let router = server::router(
@@ -198,7 +202,7 @@ async fn run(
         GrpcLayer::new(grpc_metrics),
     )?
     .add_service(
-        pb::datanode_server::DatanodeServer::new(store)
+        pb::datanode_server::DatanodeServer::from_arc(store)
             .max_decoding_message_size(server::MAX_GRPC_BATCH_BYTES)
             .max_encoding_message_size(server::MAX_GRPC_BATCH_BYTES),
     );

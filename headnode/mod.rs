@@ -219,7 +219,7 @@ pub async fn serve(
     let router = server::router(
         &tracker,
         health_service,
-        store,
+        Arc::new(store),
         crate::unary::UnaryLayer::default(),
         config.tls.as_ref(),
         GrpcLayer::new(grpc_metrics),

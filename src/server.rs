@@ -160,7 +160,7 @@ pub fn router<S>(
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
-    store: S,
+    store: std::sync::Arc<S>,
     unary: UnaryLayer,
     tls: Option<&Tls>,
     metrics: GrpcLayer,
@@ -174,7 +174,6 @@ where
         Some(tls) => builder = builder.tls_config(tls.server_config())?,
         None => crate::tls::warn_plaintext(),
     }
-    let store = std::sync::Arc::new(store);
     // Outermost first: every call is recorded (shed and refused ones too), then the limits,
     // then who may call what; then Store is answered, and every other call routed.
     Ok(builder
