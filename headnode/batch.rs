@@ -221,15 +221,15 @@ impl Shared {
 /// of its own sends it), else to the idle list. So a connection is never lost, and a queued Store
 /// always has a call coming.
 struct Lease {
-    client: Option<Connection>,
+    connection: Option<Connection>,
     shared: Arc<Shared>,
 }
 
 impl Lease {
-    /// One call on the leased connection (a lease holds its client until dropped).
+    /// One call on the leased connection (a lease holds it until dropped).
     async fn call(&mut self, records: Vec<Record>) -> Result<Vec<StoreResult>, Error> {
         let timeout = self.shared.forward_timeout;
-        match self.client.as_mut() {
+        match self.connection.as_mut() {
             Some(connection) => call(connection, records, timeout).await,
             None => Err(Error::Call("no connection in the lease".into())),
         }
@@ -238,7 +238,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let Some(client) = self.client.take() else {
+        let Some(connection) = self.connection.take() else {
             return;
         };
         let mut state = self.shared.lock();
@@ -248,14 +248,14 @@ impl Drop for Lease {
             Ok(runtime) if !batch.is_empty() => {
                 drop(state);
                 let lease = Lease {
-                    client: Some(client),
+                    connection: Some(connection),
                     shared: self.shared.clone(),
                 };
                 runtime.spawn(send(lease, batch));
             }
             // Nothing wanted (or no runtime left to send on: the process is ending, and the
             // batch's callers get "dropped unanswered").
-            _ => state.idle.push(client),
+            _ => state.idle.push(connection),
         }
     }
 }
@@ -355,10 +355,10 @@ impl Batcher {
     ) -> Result<Entry, Error> {
         let mut state = self.shared.lock();
         if state.queue.is_empty()
-            && let Some(client) = state.idle.pop()
+            && let Some(connection) = state.idle.pop()
         {
             return Ok(Entry::Direct(Lease {
-                client: Some(client),
+                connection: Some(connection),
                 shared: self.shared.clone(),
             }));
         }
