@@ -148,8 +148,9 @@ fn charge(line: &str) -> u32 {
 
 /// `line` with its newlines and carriage returns escaped, so it is one line in the file.
 fn one_line(line: String) -> String {
-    // A byte scan: '\n' and '\r' are ASCII, so no UTF-8 decoding is needed to find them.
-    if line.bytes().any(|b| b == b'\n' || b == b'\r') {
+    // A byte scan (SIMD, `memchr2`): '\n' and '\r' are ASCII, so no UTF-8 decoding is needed
+    // to find them. This runs for every line, a Store's registro line among them.
+    if memchr::memchr2(b'\n', b'\r', line.as_bytes()).is_some() {
         line.replace('\n', "\\n").replace('\r', "\\r")
     } else {
         line
@@ -161,6 +162,15 @@ fn one_line(line: String) -> String {
 pub fn push_json_string(out: &mut String, text: &str) {
     out.reserve(text.len() + 2);
     out.push('"');
+    // Most messages need no escape: one pass tells (a fold without an early exit, which the
+    // compiler turns into a test of many bytes at once), and the text goes in whole.
+    if !text.bytes().fold(false, |escape, b| {
+        escape | (b < 0x20) | (b == b'"') | (b == b'\\')
+    }) {
+        out.push_str(text);
+        out.push('"');
+        return;
+    }
     let mut plain = 0;
     for (i, b) in text.bytes().enumerate() {
         let escape = match b {
@@ -193,6 +203,14 @@ pub fn push_json_string(out: &mut String, text: &str) {
 /// whitespace are escaped (`\n`, `\u{20}`), so a name or an id from the network can neither break
 /// the line nor shift its fields.
 pub fn field(text: &str) -> Cow<'_, str> {
+    // The usual field (an id, a datanode's name) is printable ASCII: a byte scan tells, without
+    // decoding characters. Anything else takes the character test below.
+    // (A fold without an early exit, so the compiler can test many bytes at once.)
+    if text.bytes().fold(true, |plain, b| {
+        plain & (b > b' ') & (b < 0x7f) & (b != b'\\')
+    }) {
+        return Cow::Borrowed(text);
+    }
     let needs = |c: char| c == '\\' || c.is_control() || c.is_whitespace();
     if !text.contains(needs) {
         return Cow::Borrowed(text);
@@ -321,6 +339,28 @@ mod tests {
         assert_eq!(field("datanode1"), "datanode1");
         assert!(matches!(field("datanode1"), Cow::Borrowed(_)));
         assert_eq!(field("a b\nc\\d\u{1b}"), "a\\u{20}b\\nc\\\\d\\u{1b}");
+    }
+
+    #[test]
+    fn a_field_is_kept_as_it_is_exactly_when_no_character_needs_an_escape() {
+        let chars = (0u8..=0x7f).map(char::from).chain([
+            'é',
+            '✓',
+            '\u{85}',
+            '\u{a0}',
+            '\u{2028}',
+            '\u{3000}',
+            '\u{1F600}',
+        ]);
+        for c in chars {
+            let text = format!("a{c}b");
+            let needs = c == '\\' || c.is_control() || c.is_whitespace();
+            let got = field(&text);
+            assert_eq!(matches!(got, Cow::Borrowed(_)), !needs, "{c:?}");
+            if !needs {
+                assert_eq!(got, text);
+            }
+        }
     }
 
     #[tokio::test]
