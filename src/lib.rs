@@ -75,6 +75,20 @@ fn preview_bytes(message: &str) -> usize {
 
 /// Appends [`preview`]`(message)` to `out`.
 fn push_preview(out: &mut String, message: &str) {
+    // The usual message starts with printable ASCII; then its first bytes are the characters
+    // kept, as they are, and a byte test (no decoding) tells.
+    let head = &message.as_bytes()[..message.len().min(PREVIEW_CHARS)];
+    if head
+        .iter()
+        .fold(true, |plain, &b| plain & (b' '..0x7f).contains(&b))
+    {
+        // All ASCII, so `head.len()` is a character boundary.
+        out.push_str(&message[..head.len()]);
+        if message.len() > PREVIEW_CHARS {
+            out.push('…');
+        }
+        return;
+    }
     for (i, c) in message.chars().enumerate() {
         if i == PREVIEW_CHARS {
             out.push('…');
@@ -172,6 +186,43 @@ mod tests {
             "Message 'a\\nb\\u{7}' stored on d."
         );
         assert_eq!(super::preview(&long), format!("{}…", "ñ".repeat(40)));
+    }
+
+    /// The preview a character at a time, as the rule says: the first 40 characters, control
+    /// characters escaped, an ellipsis when more follow.
+    fn preview_by_chars(message: &str) -> String {
+        let mut out = String::new();
+        for (i, c) in message.chars().enumerate() {
+            if i == 40 {
+                out.push('…');
+                break;
+            }
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_ascii_preview_agrees_with_the_character_rule() {
+        let mut messages: Vec<String> = (0u8..=0x7f)
+            .map(|b| format!("a{}b", char::from(b)))
+            .collect();
+        for n in [0, 1, 39, 40, 41, 100] {
+            messages.push("x".repeat(n));
+            messages.push(format!("{}é", "x".repeat(n)));
+            messages.push(format!("{}\n", "x".repeat(n)));
+        }
+        for message in messages {
+            assert_eq!(
+                super::preview(&message),
+                preview_by_chars(&message),
+                "{message:?}"
+            );
+        }
     }
 
     #[test]
