@@ -216,56 +216,42 @@ impl Forwarder {
                 (rank, node, result)
             }
         };
-        let mut calls = futures::stream::FuturesUnordered::new();
-        for _ in 0..self.replicas {
-            if let Some(candidate) = next_serving() {
-                calls.push(send(candidate));
-            }
-        }
         let mut stored: Vec<(usize, StoreReply)> = Vec::with_capacity(self.replicas);
         let mut failed: Vec<String> = Vec::new();
         // The first error that is not the datanode's failure: it ends the Store (no replacements).
         let mut refused: Option<Status> = None;
-        while let Some((rank, node, result)) = calls.next().await {
-            let error = match result {
-                Ok(reply) => {
-                    node.count_routed();
-                    stored.push((rank, reply));
-                    continue;
+        if self.replicas == 1 {
+            // One replica: the calls go one after another, each awaited in place (no
+            // FuturesUnordered, whose task node costs an allocation and a copy of the call on
+            // every Store).
+            let mut candidate = next_serving();
+            while let Some(next) = candidate {
+                let (rank, node, result) = send(next).await;
+                let replace = self.settle(rank, &node, result, &mut stored, &mut refused);
+                candidate = None;
+                if replace {
+                    failed.push(node.name.clone());
+                    if refused.is_none() {
+                        candidate = next_serving();
+                    }
                 }
-                Err(batch::Error::Expired { waited }) => {
-                    refused.get_or_insert_with(|| Status::deadline_exceeded(format!(
-                        "the caller gave up (its deadline passed, or it went away) after {} in the headnode's queue for {}; the message was not sent there and is not acknowledged",
-                        humantime::format_duration(waited),
-                        node.name
-                    )));
-                    continue;
+            }
+        } else {
+            let mut calls = futures::stream::FuturesUnordered::new();
+            for _ in 0..self.replicas {
+                if let Some(candidate) = next_serving() {
+                    calls.push(send(candidate));
                 }
-                Err(e @ (batch::Error::Full(_) | batch::Error::Busy(_))) => {
-                    tracing::debug!(datanode = %node.name, error = %e, "datanode busy");
-                    refused.get_or_insert_with(|| busy(&node.name, &e.to_string()));
-                    continue;
+            }
+            while let Some((rank, node, result)) = calls.next().await {
+                if self.settle(rank, &node, result, &mut stored, &mut refused) {
+                    failed.push(node.name.clone());
+                    if refused.is_none()
+                        && let Some(candidate) = next_serving()
+                    {
+                        calls.push(send(candidate));
+                    }
                 }
-                Err(batch::Error::Message(status))
-                    if !crate::retry::is_retryable(status.code()) =>
-                {
-                    refused.get_or_insert(status);
-                    continue;
-                }
-                Err(batch::Error::Message(status)) if status.code() == Code::ResourceExhausted => {
-                    refused.get_or_insert_with(|| busy(&node.name, status.message()));
-                    continue;
-                }
-                Err(batch::Error::Message(status)) => describe(&status),
-                Err(batch::Error::Call(error)) => error,
-            };
-            tracing::warn!(datanode = %node.name, error = %error, "forward failed; marking the datanode down and trying the next in the message's placement order");
-            self.pool.mark_down(&node, &error);
-            failed.push(node.name.clone());
-            if refused.is_none()
-                && let Some(candidate) = next_serving()
-            {
-                calls.push(send(candidate));
             }
         }
         if let Some(status) = refused {
@@ -279,6 +265,53 @@ impl Forwarder {
         }
         stored.sort_by_key(|(rank, _)| *rank);
         Ok(acknowledge(&record.message, stored))
+    }
+
+    /// Takes one replica's answer: a stored reply goes into `stored`; an answer that ends the
+    /// Store (the caller gave up, the datanode is busy, the request itself is refused) goes into
+    /// `refused` if it is the first. A failure of the datanode marks it down and returns true:
+    /// the Store should try the next datanode of the order.
+    fn settle(
+        &self,
+        rank: usize,
+        node: &Datanode,
+        result: Result<StoreReply, batch::Error>,
+        stored: &mut Vec<(usize, StoreReply)>,
+        refused: &mut Option<Status>,
+    ) -> bool {
+        let error = match result {
+            Ok(reply) => {
+                node.count_routed();
+                stored.push((rank, reply));
+                return false;
+            }
+            Err(batch::Error::Expired { waited }) => {
+                refused.get_or_insert_with(|| Status::deadline_exceeded(format!(
+                    "the caller gave up (its deadline passed, or it went away) after {} in the headnode's queue for {}; the message was not sent there and is not acknowledged",
+                    humantime::format_duration(waited),
+                    node.name
+                )));
+                return false;
+            }
+            Err(e @ (batch::Error::Full(_) | batch::Error::Busy(_))) => {
+                tracing::debug!(datanode = %node.name, error = %e, "datanode busy");
+                refused.get_or_insert_with(|| busy(&node.name, &e.to_string()));
+                return false;
+            }
+            Err(batch::Error::Message(status)) if !crate::retry::is_retryable(status.code()) => {
+                refused.get_or_insert(status);
+                return false;
+            }
+            Err(batch::Error::Message(status)) if status.code() == Code::ResourceExhausted => {
+                refused.get_or_insert_with(|| busy(&node.name, status.message()));
+                return false;
+            }
+            Err(batch::Error::Message(status)) => describe(&status),
+            Err(batch::Error::Call(error)) => error,
+        };
+        tracing::warn!(datanode = %node.name, error = %error, "forward failed; marking the datanode down and trying the next in the message's placement order");
+        self.pool.mark_down(node, &error);
+        true
     }
 }
 
