@@ -89,6 +89,12 @@ fn push_preview(out: &mut String, message: &str) {
         }
         return;
     }
+    push_preview_by_chars(out, message);
+}
+
+/// [`push_preview`] a character at a time, as the rule says: the first [`PREVIEW_CHARS`]
+/// characters, control characters escaped, an ellipsis when more follow.
+fn push_preview_by_chars(out: &mut String, message: &str) {
     for (i, c) in message.chars().enumerate() {
         if i == PREVIEW_CHARS {
             out.push('…');
@@ -188,24 +194,6 @@ mod tests {
         assert_eq!(super::preview(&long), format!("{}…", "ñ".repeat(40)));
     }
 
-    /// The preview a character at a time, as the rule says: the first 40 characters, control
-    /// characters escaped, an ellipsis when more follow.
-    fn preview_by_chars(message: &str) -> String {
-        let mut out = String::new();
-        for (i, c) in message.chars().enumerate() {
-            if i == 40 {
-                out.push('…');
-                break;
-            }
-            if c.is_control() {
-                out.extend(c.escape_default());
-            } else {
-                out.push(c);
-            }
-        }
-        out
-    }
-
     #[test]
     fn the_ascii_preview_agrees_with_the_character_rule() {
         let mut messages: Vec<String> = (0u8..=0x7f)
@@ -217,11 +205,9 @@ mod tests {
             messages.push(format!("{}\n", "x".repeat(n)));
         }
         for message in messages {
-            assert_eq!(
-                super::preview(&message),
-                preview_by_chars(&message),
-                "{message:?}"
-            );
+            let mut by_chars = String::new();
+            super::push_preview_by_chars(&mut by_chars, &message);
+            assert_eq!(super::preview(&message), by_chars, "{message:?}");
         }
     }
 
