@@ -227,14 +227,13 @@ impl Forwarder {
             let mut candidate = next_serving();
             while let Some(next) = candidate {
                 let (rank, node, result) = send(next).await;
-                let replace = self.settle(rank, &node, result, &mut stored, &mut refused);
-                candidate = None;
-                if replace {
-                    failed.push(node.name.clone());
-                    if refused.is_none() {
-                        candidate = next_serving();
-                    }
-                }
+                let replace =
+                    self.settle(rank, &node, result, &mut stored, &mut failed, &mut refused);
+                candidate = if replace && refused.is_none() {
+                    next_serving()
+                } else {
+                    None
+                };
             }
         } else {
             let mut calls = futures::stream::FuturesUnordered::new();
@@ -244,13 +243,11 @@ impl Forwarder {
                 }
             }
             while let Some((rank, node, result)) = calls.next().await {
-                if self.settle(rank, &node, result, &mut stored, &mut refused) {
-                    failed.push(node.name.clone());
-                    if refused.is_none()
-                        && let Some(candidate) = next_serving()
-                    {
-                        calls.push(send(candidate));
-                    }
+                if self.settle(rank, &node, result, &mut stored, &mut failed, &mut refused)
+                    && refused.is_none()
+                    && let Some(candidate) = next_serving()
+                {
+                    calls.push(send(candidate));
                 }
             }
         }
@@ -269,14 +266,15 @@ impl Forwarder {
 
     /// Takes one replica's answer: a stored reply goes into `stored`; an answer that ends the
     /// Store (the caller gave up, the datanode is busy, the request itself is refused) goes into
-    /// `refused` if it is the first. A failure of the datanode marks it down and returns true:
-    /// the Store should try the next datanode of the order.
+    /// `refused` if it is the first. A failure of the datanode marks it down, names it in
+    /// `failed` and returns true: the Store should try the next datanode of the order.
     fn settle(
         &self,
         rank: usize,
         node: &Datanode,
         result: Result<StoreReply, batch::Error>,
         stored: &mut Vec<(usize, StoreReply)>,
+        failed: &mut Vec<String>,
         refused: &mut Option<Status>,
     ) -> bool {
         let error = match result {
@@ -311,6 +309,7 @@ impl Forwarder {
         };
         tracing::warn!(datanode = %node.name, error = %error, "forward failed; marking the datanode down and trying the next in the message's placement order");
         self.pool.mark_down(node, &error);
+        failed.push(node.name.clone());
         true
     }
 }
