@@ -6,7 +6,7 @@ VENV := $(TOOLS)/venv
 GRPCURL := $(VENV)/bin/grpcurl
 export GRPCURL
 
-.PHONY: build test soak demo fmt lint doc tools system-tools clean static images up down logs ps test-compose certs \
+.PHONY: build test test-release soak demo fmt lint doc tools system-tools clean static images up down logs ps test-compose certs \
 	certs-kubernetes swarm-up swarm-down test-swarm test-kubernetes-docker
 
 # Containers: Compose v2 (`docker compose`) when present, else Compose v1 (`docker-compose`).
@@ -26,12 +26,20 @@ IMAGE_DIR := target/image
 export REGISTRO_UID := $(shell id -u)
 export REGISTRO_GID := $(shell id -g)
 
+## build: the release binaries in target/release, the headnode's and the datanode's code laid out
+## by a profile of real Stores (scripts/bolt.sh: BOLT, Debian's bolt-15)
 build:
 	$(CARGO) build --release --locked
+	scripts/bolt.sh target/release
 
 ## test: every test (unit, integration, process-level, grpcurl interop, Prometheus, Chromium)
 test: tools system-tools
 	$(CARGO) test --locked --all-targets
+
+## test-release: the tests again, every process they start from target/release as make build made
+## it (optimised by BOLT), not from the debug build
+test-release: tools system-tools build
+	REGISTRO_TEST_BIN_DIR=target/release $(CARGO) test --locked --tests
 
 ## soak: a minute of full load through the headnode; memory must stay flat
 soak: tools

@@ -132,8 +132,14 @@ all_serving() { [ "$(serving_count)" -eq 3 ]; }
 ready() { "$bin/client" --addr "http://127.0.0.1:$head_port" --timeout 1s health --service registro.v1.Store >/dev/null 2>&1; }
 
 # ---- tools ------------------------------------------------------------------------------------
-log "building release binaries"
-cargo build --release --locked
+log "building release binaries (make build: cargo, then scripts/bolt.sh)"
+make build
+# Whether the headnode and the datanodes ran as BOLT laid them out (it needs Debian's bolt-15).
+optimised=()
+for name in headnode datanode; do
+  if readelf -S "$bin/$name" | grep -q '\.note\.bolt_info'; then optimised+=("$name"); fi
+done
+bolted=$(IFS=,; echo "${optimised[*]:-none}")
 
 missing=()
 command -v nginx >/dev/null || missing+=(nginx)
@@ -515,5 +521,5 @@ done
 log "writing BENCHMARKS.md and docs/bench.svg"
 python3 "$chart" report --results "$results" --commands "$commands" --out-dir "$out" \
   --markdown BENCHMARKS.md --svg docs/bench.svg \
-  --settings "duration=${duration}s rounds=$rounds levels=${levels[*]} connections<=$connections size=$size replicas(e)=$replicas RUST_LOG=$RUST_LOG"
+  --settings "duration=${duration}s rounds=$rounds levels=${levels[*]} connections<=$connections size=$size replicas(e)=$replicas RUST_LOG=$RUST_LOG bolt=$bolted"
 log "done: BENCHMARKS.md, docs/bench.svg; raw results in $out/"

@@ -346,13 +346,20 @@ pub struct Proc {
     pub log: PathBuf,
 }
 
-/// The path of one of this package's binaries.
-pub fn bin(name: &str) -> &'static str {
-    match name {
+/// The path of one of this package's binaries: cargo's build of it for this test run, or, when
+/// `REGISTRO_TEST_BIN_DIR` is set, the one in that folder (`make test-release` runs the tests
+/// again on the release binaries, as `scripts/bolt.sh` optimised them).
+pub fn bin(name: &str) -> PathBuf {
+    let built = match name {
         "headnode" => env!("CARGO_BIN_EXE_headnode"),
         "datanode" => env!("CARGO_BIN_EXE_datanode"),
         "client" => env!("CARGO_BIN_EXE_client"),
         other => panic!("no binary {other}"),
+    };
+    match std::env::var_os("REGISTRO_TEST_BIN_DIR") {
+        // Relative to the package (children may run in other folders).
+        Some(dir) if !dir.is_empty() => Path::new(env!("CARGO_MANIFEST_DIR")).join(dir).join(name),
+        _ => PathBuf::from(built),
     }
 }
 
