@@ -369,7 +369,8 @@ def markdown(table, detections, commands, settings, out_dir, machine_info):
         "machine's noise falls on all of them. Errors, ok and stored are totals over the rounds."
     )
     md += ["", f"Load: `{settings}` (seconds per measurement, rounds, requests in flight, most "
-           "HTTP/2 connections, message bytes, --replicas of scenario e, log level of the nodes). "
+           "HTTP/2 connections, message bytes, --replicas of scenario e, log level of the nodes, "
+           "which binaries scripts/bolt.sh laid out). "
            "A level of N in flight uses min(N, connections) connections, each with its share of "
            "streams (h2load `-c`/`-m`, `client bench --concurrency N --connections C`).", ""]
     md += ["## Machine", ""]
