@@ -16,7 +16,7 @@
 #   on every `cargo build`, even when nothing changed, and then this copies the kept one back in a
 #   second instead of profiling again.
 #
-# How: instrumented copies of both run a cluster on loopback (three datanodes, the headnode), once
+# How: instrumented copies run a cluster on loopback (three datanodes, the headnode), once
 # in plaintext and once under mutual TLS, while `client bench` sends Stores at 1, 8 and 64 in
 # flight and `client list` reads them back; each process writes its profile when it exits
 # (SIGTERM), and llvm-bolt lays out the original binaries by them. About a minute.
@@ -78,7 +78,11 @@ work=$(mktemp -d)
 . "$(dirname "$0")/procs.sh"
 bin=$dir
 mkdir -p "$work/profile"
-for name in headnode datanode; do
+# What the profiling run starts: an instrumented copy of each binary to optimise, and the other
+# (already optimised, so BOLT would refuse to instrument it) as it is.
+declare -A exe=([headnode]=$dir/headnode [datanode]=$dir/datanode)
+for name in "${todo[@]}"; do
+  exe[$name]=$work/$name.instrumented
   "$bolt" "$dir/$name" -o "$work/$name.instrumented" -instrument \
     -instrumentation-file="$work/profile/$name" -instrumentation-file-append-pid \
     --runtime-instrumentation-lib="$runtime" >"$work/$name.instrument.log" 2>&1 || {
@@ -99,12 +103,12 @@ profile_run() {
   mkdir -p "$work/$run"
   for d in 1 2 3; do
     read -r -a data_tls <<<"$(tls "datanode$d")"
-    "$work/datanode.instrumented" --listen 127.0.0.1:0 --name "datanode$d" --data-dir "$work/$run/datanode$d" \
+    "${exe[datanode]}" --listen 127.0.0.1:0 --name "datanode$d" --data-dir "$work/$run/datanode$d" \
       --fsync never "${data_tls[@]}" </dev/null >/dev/null 2>"$work/$run/datanode$d.err" &
     pids+=($!)
     addrs+=("$(addr_of "$work/$run/datanode$d.err")")
   done
-  "$work/headnode.instrumented" --listen 127.0.0.1:0 --datanodes "$(IFS=,; echo "${addrs[*]}")" "${head_tls[@]}" \
+  "${exe[headnode]}" --listen 127.0.0.1:0 --datanodes "$(IFS=,; echo "${addrs[*]}")" "${head_tls[@]}" \
     --heartbeat-log "$work/$run/heartbeat.log" --registro-log "$work/$run/registro.log" \
     </dev/null >/dev/null 2>"$work/$run/headnode.err" &
   pids+=($!)
