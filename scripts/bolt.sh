@@ -24,6 +24,8 @@
 # Without llvm-bolt-15 (and without root and apt-get to install it) it says so and leaves the
 # binaries as cargo built them: they behave the same, only slower.
 set -euo pipefail
+# Each profiling run sets its own TLS flags, whatever certificates the shell has exported.
+unset REGISTRO_TLS_CA REGISTRO_TLS_CERT REGISTRO_TLS_KEY
 cd "$(dirname "$0")/.."
 dir=${1:?usage: scripts/bolt.sh DIR (of release binaries)}
 bolt=llvm-bolt-15
@@ -76,7 +78,7 @@ fi
 work=$(mktemp -d)
 # shellcheck source=procs.sh
 . "$(dirname "$0")/procs.sh"
-bin=$dir
+bin=$dir # the client, for procs.sh's wait_serving
 mkdir -p "$work/profile"
 # What the profiling run starts: an instrumented copy of each binary to optimise, and the other
 # (already optimised, so BOLT would refuse to instrument it) as it is.
@@ -91,15 +93,14 @@ for name in "${todo[@]}"; do
   }
 done
 
-# TLS flags for ROLE $1 under mutual TLS with the run's certificates (nothing in plaintext).
+# A server's TLS flags as holder $1 of the run's certificates (nothing in plaintext).
 tls() { [ "$run" = tls ] && echo --tls-ca "$work/certs/ca.pem" --tls-cert "$work/certs/$1.pem" --tls-key "$work/certs/$1-key.pem"; true; }
 
 # One cluster of the instrumented binaries, loaded; $1 is plain or tls.
 profile_run() {
   run=$1
-  local d addrs=() url data_tls head_tls client_tls
+  local d addrs=() url data_tls head_tls
   read -r -a head_tls <<<"$(tls headnode)"
-  read -r -a client_tls <<<"$(tls client)"
   mkdir -p "$work/$run"
   for d in 1 2 3; do
     read -r -a data_tls <<<"$(tls "datanode$d")"
@@ -113,15 +114,18 @@ profile_run() {
     </dev/null >/dev/null 2>"$work/$run/headnode.err" &
   pids+=($!)
   url=$(addr_of "$work/$run/headnode.err")
-  local client=("$dir/client" --addr "$url" --timeout 10s "${client_tls[@]}")
-  for _ in $(seq 1 600); do
-    "${client[@]}" health --service registro.v1.Store >/dev/null 2>&1 && break
-    sleep 0.1
-  done
+  # The client's certificate, by its environment (the servers have started with their own).
+  if [ "$run" = tls ]; then
+    export REGISTRO_TLS_CA=$work/certs/ca.pem REGISTRO_TLS_CERT=$work/certs/client.pem \
+      REGISTRO_TLS_KEY=$work/certs/client-key.pem
+  fi
+  wait_serving "$url"
+  local client=("$bin/client" --addr "$url" --timeout 10s)
   "${client[@]}" bench --concurrency 1 --connections 1 --requests 2000 --duration 20s --json >/dev/null
   "${client[@]}" bench --concurrency 8 --connections 2 --requests 8000 --duration 20s --json >/dev/null
   "${client[@]}" bench --concurrency 64 --connections 4 --requests 30000 --duration 20s --json >/dev/null
   "${client[@]}" list >/dev/null
+  unset REGISTRO_TLS_CA REGISTRO_TLS_CERT REGISTRO_TLS_KEY
   # Each process writes its profile as it exits.
   for pid in "${pids[@]}"; do stop "$pid"; done
   pids=()
