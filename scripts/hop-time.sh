@@ -2,7 +2,9 @@
 # How long a proxy holds a request, one at a time: the time from a proxy's epoll_wait returning to
 # its next writev (one "hop": a request read and passed on, or a reply read and passed back), and
 # the syscalls it makes per request, from the kernel's syscall tracepoints (perf record), while
-# h2load sends N Stores one at a time to URL.
+# h2load sends N Stores one at a time to URL. Hops are also split by the socket they end on (the
+# client's connection, one line per datanode connection) and by whether the thread woke on the
+# CPU it went to sleep on or was moved to another (a moved thread starts with cold caches).
 #
 # Usage: scripts/hop-time.sh PID[,PID...] URL [N]
 #   PID: the proxy's processes (the headnode; nginx's workers: $(pgrep -d, -f 'nginx: worker'))
@@ -25,7 +27,7 @@ h2load -n "$n" -c 1 -m 1 -d "$work/body.bin" -H 'content-type: application/grpc'
   "$url/registro.v1.Store/Store" | grep -E '^(finished|requests|time for request)'
 kill -INT "$perf_pid"
 wait "$perf_pid" || true
-perf script -i "$work/perf.data" -F tid,time,event,trace 2>/dev/null >"$work/perf.txt"
+perf script -i "$work/perf.data" -F tid,cpu,time,event,trace 2>/dev/null >"$work/perf.txt"
 python3 - "$work/perf.txt" "$n" <<'PY'
 import re, statistics, sys
 from collections import Counter
@@ -33,25 +35,40 @@ names = {0: "read", 1: "write", 7: "poll", 20: "writev", 23: "select", 44: "send
          45: "recvfrom", 46: "sendmsg", 47: "recvmsg", 202: "futex", 230: "clock_nanosleep",
          232: "epoll_wait", 281: "epoll_pwait", 318: "getrandom", 55: "getsockopt"}
 woke, hops, calls = {}, [], Counter()
-line_re = re.compile(r"\s*(\d+)\s+([\d.]+):\s+raw_syscalls:(sys_enter|sys_exit):\s+NR (\d+)")
+slept_on, by_fd, by_move = {}, {}, {False: [], True: []}
+line_re = re.compile(
+    r"\s*(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+raw_syscalls:(sys_enter|sys_exit):\s+NR (\d+)(?: \((\w+))?")
 for line in open(sys.argv[1]):
     m = line_re.match(line)
     if not m:
         continue
-    tid, ts, kind, nr = m.group(1), float(m.group(2)), m.group(3), int(m.group(4))
+    tid, cpu, ts, kind, nr, arg0 = m.group(1), m.group(2), float(m.group(3)), m.group(4), int(m.group(5)), m.group(6)
     if kind == "sys_exit" and nr in (232, 281):
-        woke[tid] = ts
+        woke[tid] = (ts, slept_on.get(tid) not in (None, cpu))
     elif kind == "sys_enter":
         calls[names.get(nr, f"#{nr}")] += 1
+        if nr in (232, 281):
+            slept_on[tid] = cpu
         if nr == 20 and tid in woke:
-            gap = ts - woke.pop(tid)
-            if gap < 0.002:  # longer: the process slept in between (not one hop)
-                hops.append(gap * 1e6)
+            start, moved = woke.pop(tid)
+            gap = (ts - start) * 1e6
+            if gap < 2000:  # longer: the process slept in between (not one hop)
+                hops.append(gap)
+                by_fd.setdefault(arg0 or "0", []).append(gap)
+                by_move[moved].append(gap)
 n = int(sys.argv[2])
 if not hops:
     sys.exit("no hops seen: is PID the proxy serving URL?")
-hops.sort()
-print(f"hops: {len(hops)}; time from wake-up to writev: median {statistics.median(hops):.1f} µs, "
-      f"p90 {hops[int(len(hops) * 0.9)]:.1f} µs")
+def spread(times):
+    times = sorted(times)
+    q = lambda p: times[min(len(times) - 1, int(len(times) * p))]
+    return f"median {statistics.median(times):.1f} µs, p90 {q(0.9):.1f} µs, p99 {q(0.99):.1f} µs"
+print(f"hops: {len(hops)}; time from wake-up to writev: {spread(hops)}")
+for fd, times in sorted(by_fd.items(), key=lambda kv: -len(kv[1]))[:4]:
+    print(f"  ending on fd {int(fd, 16)}: {len(times)} hops, {spread(times)}")
+for moved, times in by_move.items():
+    if times:
+        where = "on another CPU than it slept on" if moved else "on the CPU it slept on"
+        print(f"  woke {where}: {len(times)} hops ({100 * len(times) / len(hops):.0f} %), {spread(times)}")
 print("syscalls per request: " + ", ".join(f"{k} {v / n:.2f}" for k, v in calls.most_common(8)))
 PY
