@@ -11,7 +11,8 @@
 # Settings: LEVELS="1 8 64 256" ROUNDS=8 SECONDS_PER=2 MODE=never CONNECTIONS=4 SIZE=100
 #           HEADNODE_ARGS="" (extra flags for every headnode); ENV_<n>="VAR=value ..." (environment
 #           of the n-th binary, from 1, e.g. ENV_2="TOKIO_WORKER_THREADS=1"); DATANODE_<n>=BINARY
-#           (the n-th cluster's datanodes; default target/release/datanode)
+#           (the n-th cluster's datanodes; default target/release/datanode); LOGS_<n>=DIR (where the
+#           n-th headnode writes its registro and heartbeat logs; default its cluster's folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 read -r -a levels <<<"${LEVELS:-1 8 64 256}"
@@ -48,8 +49,11 @@ for i in "${!binaries[@]}"; do
   done
   envvar="ENV_$((i + 1))"
   read -r -a extra_env <<<"${!envvar:-}"
+  logsvar="LOGS_$((i + 1))"
+  logs=${!logsvar:-$dir}
+  mkdir -p "$logs"
   env "${extra_env[@]}" "${binaries[i]}" --listen 127.0.0.1:0 --datanodes "$(IFS=,; echo "${addrs[*]}")" \
-    "${head_args[@]}" --heartbeat-log "$dir/heartbeat.log" --registro-log "$dir/registro.log" \
+    "${head_args[@]}" --heartbeat-log "$logs/heartbeat.log" --registro-log "$logs/registro.log" \
     </dev/null >/dev/null 2>"$dir/headnode.err" &
   heads[i]=$!
   pids+=($!)
