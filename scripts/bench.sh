@@ -25,6 +25,9 @@
 #   BENCH_PROFILE=auto     perf profile of the headnode (1, 0, or auto: when perf can sample)
 #   BENCH_RUST_LOG=warn    RUST_LOG of the nodes          BENCH_OUT=bench-out
 #   BENCH_KEEP_DATA=1      keep the data files and registro logs (deleted after counting)
+#   BENCH_REPORT=.         where BENCHMARKS.md and bench.svg go: `.` writes the committed
+#                          BENCHMARKS.md and docs/bench.svg; any other folder gets both (a
+#                          partial run that should not replace the committed report)
 # A quick run: BENCH_DURATION=2 BENCH_ROUNDS=1 BENCH_KILLS=2 BENCH_LEVELS="1 64" make bench
 set -euo pipefail
 # Plaintext on loopback, as nginx's side is, whatever certificates the shell has exported.
@@ -43,6 +46,13 @@ modes=${BENCH_MODES:-always never}
 kills=${BENCH_KILLS:-5}
 profile=${BENCH_PROFILE:-auto}
 out=${BENCH_OUT:-bench-out}
+report=${BENCH_REPORT:-.}
+if [ "$report" = . ]; then
+  markdown=BENCHMARKS.md svg=docs/bench.svg
+else
+  mkdir -p "$report"
+  markdown=$report/BENCHMARKS.md svg=$report/bench.svg
+fi
 export RUST_LOG=${BENCH_RUST_LOG:-warn}
 # The code measured, taken before this run writes BENCHMARKS.md and the chart.
 BENCH_COMMIT=$(git describe --always --dirty 2>/dev/null || echo unknown)
@@ -518,8 +528,8 @@ for mode in $modes; do
   [ -n "${BENCH_KEEP_DATA:-}" ] || rm -f "$dir"/datanode*/messages.jsonl "$dir"/headnode/registro.log
 done
 
-log "writing BENCHMARKS.md and docs/bench.svg"
+log "writing $markdown and $svg"
 python3 "$chart" report --results "$results" --commands "$commands" --out-dir "$out" \
-  --markdown BENCHMARKS.md --svg docs/bench.svg \
+  --markdown "$markdown" --svg "$svg" \
   --settings "duration=${duration}s rounds=$rounds levels=${levels[*]} connections<=$connections size=$size replicas(e)=$replicas RUST_LOG=$RUST_LOG bolt=$bolted"
-log "done: BENCHMARKS.md, docs/bench.svg; raw results in $out/"
+log "done: $markdown, $svg; raw results in $out/"

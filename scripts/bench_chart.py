@@ -356,7 +356,7 @@ def best_peer(table, mode, level, g):
     return max(peers, key=lambda p: p[1]["rps"], default=(None, None))
 
 
-def markdown(table, detections, commands, settings, out_dir, machine_info):
+def markdown(table, detections, commands, settings, out_dir, machine_info, chart="docs/bench.svg"):
     modes, levels, scenarios, generators = dims(table)
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     rounds = max((v["rounds"] for v in table.values()), default=0)
@@ -618,7 +618,7 @@ def markdown(table, detections, commands, settings, out_dir, machine_info):
         "- Regenerate: `make bench` (about 20 minutes); a quick run: "
         "`BENCH_DURATION=2 BENCH_ROUNDS=1 BENCH_KILLS=2 BENCH_LEVELS=\"1 64\" make bench`.",
         "",
-        "![throughput and p99 per scenario and level](docs/bench.svg)",
+        f"![throughput and p99 per scenario and level]({chart})",
         "",
     ]
     return "\n".join(md)
@@ -712,7 +712,8 @@ def report(args):
             commands.append((key, cmd))
     table = summarise(records)
     with open(args.markdown, "w") as f:
-        f.write(markdown(table, detections, commands, args.settings, args.out_dir, machine()))
+        chart = os.path.relpath(args.svg, os.path.dirname(args.markdown) or ".")
+        f.write(markdown(table, detections, commands, args.settings, args.out_dir, machine(), chart))
     os.makedirs(os.path.dirname(args.svg) or ".", exist_ok=True)
     with open(args.svg, "w") as f:
         f.write(svg(table))
