@@ -9,8 +9,8 @@
 # BENCH_GENERATORS has it), for datanodes with --fsync always and --fsync never.
 # Rounds interleave the scenarios (in a rotating order) so machine noise hits all of them; the
 # report takes medians.
-# Also measures how long the headnode takes to log a killed or hung datanode as UNREACHABLE, samples
-# the headnode's resident memory and every server's CPU time per message under load, and (when perf
+# Also measures how long the headnode takes to log a killed or hung datanode as UNREACHABLE, the
+# headnode's peak resident memory and every server's CPU time per message under load, and (when perf
 # can sample) profiles the headnode.
 # Writes BENCHMARKS.md and docs/bench.svg; raw results and every process's log go to bench-out/.
 #
@@ -307,12 +307,16 @@ settled_lines() {
 }
 
 # Samples the headnode's VmRSS (kB) every 100 ms into $1 until killed.
-sample_rss() {
-  local pid=$1 file=$2
-  while [ -r "/proc/$pid/status" ]; do
-    awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" >>"$file" 2>/dev/null || true
-    sleep 0.1
-  done
+# The headnode's peak resident memory over one run, without a process of our own running beside
+# it (a sampling loop's awk and sleep would take CPU from the run under way, and only from the
+# headnode's): its high-water mark VmHWM is reset before the run (/proc/PID/clear_refs, 5) and read
+# after it. Where the reset is refused the mark covers the process's whole life, an upper bound.
+reset_peak_rss() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || true; }
+peak_rss() { # pid file
+  local key value _
+  while read -r key value _; do
+    if [ "$key" = VmHWM: ]; then echo "$value" >"$2"; return; fi
+  done <"/proc/$1/status"
 }
 
 # Remembers the first command line of each kind for the report, shell-quoted, paths relative.
@@ -358,16 +362,15 @@ measure() { # mode dir round level scenario generator
   conns=$(conns_of "$level")
   streams=$(streams_of "$level")
   [ "$scenario" = e ] && copies=$replicas
-  local before after rss_file="" rss_pid="" summary cmd ticks_before ticks_after
+  local before after rss_file="" rss_of="" summary cmd ticks_before ticks_after
   before=$(settled_lines "$dir")
   ticks_before=$(server_ticks "$scenario")
   if [ "$scenario" = b ] || [ "$scenario" = e ]; then
     rss_file=$out/raw/$tag.rss
     : >"$rss_file"
-    if [ "$scenario" = b ]; then sample_rss "${pids[headnode]}" "$rss_file" &
-    else sample_rss "${pids[headnode2]}" "$rss_file" &
-    fi
-    rss_pid=$!
+    rss_of=${pids[headnode]}
+    [ "$scenario" = e ] && rss_of=${pids[headnode2]}
+    reset_peak_rss "$rss_of"
   fi
   case $generator in
     client)
@@ -387,7 +390,7 @@ measure() { # mode dir round level scenario generator
       rm -f "$out/raw/$tag.tsv"
       ;;
   esac
-  if [ -n "$rss_pid" ]; then kill "$rss_pid" 2>/dev/null || true; wait "$rss_pid" 2>/dev/null || true; fi
+  [ -z "$rss_of" ] || peak_rss "$rss_of" "$rss_file"
   after=$(settled_lines "$dir")
   ticks_after=$(server_ticks "$scenario")
   python3 - "$summary" "$mode" "$round" "$level" "$scenario" "$generator" "$((after - before))" "$copies" "$rss_file" \

@@ -507,8 +507,9 @@ def markdown(table, detections, commands, settings, out_dir, machine_info, chart
            if s in "be" and v["rss_max_kb"]]
     if rss:
         md += ["## Headnode memory", "",
-               "Max VmRSS of the headnode during its load runs (sampled every 100 ms from "
-               "/proc/PID/status); the goal is at most 30 MB under load.", "",
+               "Peak resident memory of the headnode in each load run (the largest over the rounds; "
+               "VmHWM of /proc/PID/status, reset through /proc/PID/clear_refs before the run and "
+               "read after it); the goal is at most 30 MB under load.", "",
                "| fsync | scenario | " + " | ".join(f"{lv} in flight" for lv in levels) + " |",
                "|---|---|" + "---:|" * len(levels)]
         for mode in modes:
