@@ -42,9 +42,8 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 use tonic::{Code, Status};
 
-use crate::direct::Direct;
-use crate::pb::datanode_client::DatanodeClient;
-use crate::pb::{Record, StoreBatchRequest, StoreReply, StoreResult};
+use crate::direct::{CallError, Direct};
+use crate::pb::{Record, StoreBatchReply, StoreBatchRequest, StoreReply, StoreResult};
 
 /// Messages in one call at most (a datanode takes up to [`crate::server::MAX_STORE_BATCH`]).
 pub const MAX_BATCH_MESSAGES: usize = 256;
@@ -204,7 +203,7 @@ struct State {
 /// into tokio's timer wheel and, being the earliest there, wakes the runtime's driver (a write
 /// to its eventfd and one more `epoll_wait`) once per call.
 struct Connection {
-    client: DatanodeClient<Direct>,
+    direct: Direct,
     /// Made at the first call (it needs the runtime's timer).
     timer: Option<Pin<Box<Sleep>>>,
 }
@@ -266,15 +265,9 @@ impl Batcher {
     pub fn new(connections: Vec<Direct>, forward_timeout: Duration) -> Self {
         let idle: Vec<_> = connections
             .into_iter()
-            .map(|connection| {
-                let origin = connection.origin();
-                let client = DatanodeClient::with_origin(connection, origin)
-                    .max_decoding_message_size(crate::server::MAX_GRPC_BATCH_BYTES)
-                    .max_encoding_message_size(crate::server::MAX_GRPC_BATCH_BYTES);
-                Connection {
-                    client,
-                    timer: None,
-                }
+            .map(|direct| Connection {
+                direct,
+                timer: None,
             })
             .collect();
         let connections = idle.len().max(1);
@@ -461,7 +454,10 @@ async fn call(
             .timer
             .insert(Box::pin(tokio::time::sleep_until(deadline))),
     };
-    let reply = connection.client.store_batch(StoreBatchRequest { records });
+    let request = StoreBatchRequest { records };
+    let reply = connection
+        .direct
+        .unary::<_, StoreBatchReply>(&request, crate::server::MAX_GRPC_BATCH_BYTES);
     tokio::pin!(reply);
     let answer = std::future::poll_fn(|cx| match reply.as_mut().poll(cx) {
         Poll::Ready(answer) => Poll::Ready(Ok(answer)),
@@ -470,7 +466,7 @@ async fn call(
     .await;
     let error = match answer {
         Ok(Ok(reply)) => {
-            let results = reply.into_inner().results;
+            let results = reply.results;
             if results.len() == sent {
                 return Ok(results);
             }
@@ -479,10 +475,15 @@ async fn call(
                 results.len()
             )
         }
-        Ok(Err(status)) if status.code() == Code::ResourceExhausted => {
+        Ok(Err(CallError::Status(status))) if status.code() == Code::ResourceExhausted => {
             return Err(Error::Busy(super::probe::describe(&status)));
         }
-        Ok(Err(status)) => format!("StoreBatch failed: {}", super::probe::describe(&status)),
+        Ok(Err(CallError::Status(status))) => {
+            format!("StoreBatch failed: {}", super::probe::describe(&status))
+        }
+        Ok(Err(CallError::Failed(error))) => {
+            format!("StoreBatch failed: {}", crate::one_line(&error.to_string()))
+        }
         Err(_) => format!(
             "no reply within the forward timeout ({}) of the call",
             humantime::format_duration(timeout)

@@ -124,7 +124,14 @@ impl Datanode {
                 .map_err(|e| e.to_string())
         };
         let forward_connections: Vec<Direct> = (0..dialing.connections.max(1))
-            .map(|_| Direct::new(&address, dialing.connect_timeout, dialing.tls.as_ref()))
+            .map(|_| {
+                Direct::new(
+                    &address,
+                    crate::unary::STORE_BATCH,
+                    dialing.connect_timeout,
+                    dialing.tls.as_ref(),
+                )
+            })
             .collect::<Result<_, _>>()?;
         let health_channel = dial()?.connect_lazy();
         // Every List stream may hold its whole window unread, and the connection's window is

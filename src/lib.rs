@@ -25,6 +25,7 @@ pub mod certs;
 pub mod config;
 pub mod dedupe;
 pub mod direct;
+pub mod hpack;
 pub mod limits;
 pub mod logfile;
 pub mod metrics;
