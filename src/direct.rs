@@ -65,6 +65,8 @@ const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 pub const MAX_HEADER_BLOCK: usize = 16 * 1024;
 /// The frame size this side takes (the HTTP/2 default; it does not advertise more).
 const MAX_FRAME: usize = 16_384;
+/// The most a connection's write buffer keeps between calls.
+const KEPT_BUFFER: usize = 64 * 1024;
 /// The window the RFC starts every connection and stream with.
 const DEFAULT_WINDOW: i64 = 65_535;
 /// The largest flow-control window the RFC allows.
@@ -649,8 +651,11 @@ async fn call<Req: Message>(
             })
             .await?;
             if call.finished() {
-                // The peer answered before taking the whole request: it is done with it.
-                put_reset(&mut live.state.out, stream, CANCEL);
+                // The peer answered (or reset the stream) before taking the whole request; an
+                // answer leaves this side of the stream open, so it is closed here.
+                if call.failed.is_none() {
+                    put_reset(&mut live.state.out, stream, CANCEL);
+                }
                 break;
             }
         }
@@ -799,6 +804,10 @@ impl Live {
         }
         .await;
         self.write.clear();
+        // A large batch's buffer is not kept for the small calls after it.
+        if self.write.capacity() > KEPT_BUFFER {
+            self.write = BytesMut::with_capacity(MAX_FRAME + FRAME_HEAD);
+        }
         result.map_err(|e| Error::new(format!("cannot send to {address}"), e))
     }
 
