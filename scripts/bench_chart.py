@@ -433,6 +433,23 @@ def markdown(table, detections, commands, settings, out_dir, machine_info, chart
                     f"{fmt_rps(never['rps'])} req/s); p99 {always['p99_ms']:.2f} vs "
                     f"{never['p99_ms']:.2f} ms"
                 )
+        # What each front adds to a direct Store at 1 in flight: one request at a time, so the
+        # mean latency is the inverse of the throughput.
+        for mode in modes:
+            a = table.get((mode, 1, "a", g))
+            fronts = [(s, table.get((mode, 1, s, g))) for s in ("b",) + PEERS]
+            fronts = [(s, v) for s, v in fronts if v]
+            if a and fronts:
+                added = [
+                    f"{SHORT[s]} +{1e6 / v['rps'] - 1e6 / a['rps']:.0f} µs "
+                    f"(p50 +{(v['p50_ms'] - a['p50_ms']) * 1000:.0f} µs)"
+                    for s, v in fronts
+                ]
+                md.append(
+                    f"- fsync {mode}, 1 in flight, {GENERATORS[g]}: latency added to a direct Store "
+                    f"({1e6 / a['rps']:.0f} µs mean, from its throughput; p50 "
+                    f"{a['p50_ms'] * 1000:.0f} µs): " + ", ".join(added)
+                )
         for mode in modes:
             for level in levels:
                 b, e = table.get((mode, level, "b", g)), table.get((mode, level, "e", g))
