@@ -166,3 +166,22 @@ async fn a_call_dropped_midway_leaves_the_next_one_a_new_connection() {
     all_stored(&store(&mut direct, &batch(2, 5, 0)).await.unwrap(), 5);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn a_parked_connection_does_not_hold_up_a_datanode_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = datanode_config(dir.path(), "datanode1");
+    // Long enough that a stop waiting for it would stand out from one that does not.
+    config.shutdown_grace = Duration::from_secs(30);
+    let node = datanode_on("127.0.0.1:0", config).await;
+    let mut direct = direct(&node.addr.to_string());
+    all_stored(&store(&mut direct, &batch(0, 1, 0)).await.unwrap(), 1);
+    // The datanode says GOAWAY and pings; the parked connection answers and lets go, so the
+    // stop does not wait out the grace period for it.
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), node.stop())
+        .await
+        .expect("the datanode's stop waited for its grace period");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!direct.is_connected());
+}
