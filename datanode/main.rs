@@ -41,13 +41,23 @@ struct Args {
     /// [default: off].
     #[arg(long, env = "REGISTRO_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// Threads that run the datanode's gRPC work (the data file has a writer thread of its own
+    /// besides). 1 runs it on one thread (tokio's current-thread scheduler: no hand-offs between
+    /// threads, the most Stores/s on a 2-core machine shared with other nodes: see
+    /// BENCHMARKS.md); N > 1 uses the multi-thread scheduler with N workers, 0 one worker per
+    /// CPU, for a datanode with cores of its own.
+    #[arg(long, env = "REGISTRO_WORKER_THREADS", default_value_t = 1, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1024))]
+    worker_threads: usize,
     #[command(flatten)]
     common: registro::server::CommonArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    registro::config::runtime(args.worker_threads)?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     registro::config::init_tracing();
     let name = match args.name {
         Some(n) if !n.trim().is_empty() => n,

@@ -158,6 +158,22 @@ pub fn host_name() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// The tokio runtime for `--worker-threads N`: `1` runs everything on the calling thread
+/// (tokio's current-thread scheduler: no hand-offs between threads), `N > 1` the multi-thread
+/// scheduler with N workers, `0` one worker per CPU. I/O and timers are enabled.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    };
+    builder.enable_all().build()
+}
+
 /// Logging for every binary: `tracing` to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
