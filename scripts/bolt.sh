@@ -76,6 +76,9 @@ if ! command -v "$bolt" >/dev/null; then
 fi
 
 work=$(mktemp -d)
+# The profiled cluster logs as a default one does (every message at info), and must log its
+# addresses whatever the caller's RUST_LOG says (make bench exports warn).
+export RUST_LOG=info
 # shellcheck source=procs.sh
 . "$(dirname "$0")/procs.sh"
 bin=$dir # the client, for procs.sh's wait_serving
