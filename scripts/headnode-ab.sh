@@ -12,7 +12,10 @@
 #           HEADNODE_ARGS="" (extra flags for every headnode); ENV_<n>="VAR=value ..." (environment
 #           of the n-th binary, from 1, e.g. ENV_2="TOKIO_WORKER_THREADS=1"); DATANODE_<n>=BINARY
 #           (the n-th cluster's datanodes; default target/release/datanode); LOGS_<n>=DIR (where the
-#           n-th headnode writes its registro and heartbeat logs; default its cluster's folder)
+#           n-th headnode writes its registro and heartbeat logs; default its cluster's folder);
+#           DATANODE_ARGS_<n>="..." (extra flags for the n-th cluster's datanodes, e.g.
+#           DATANODE_ARGS_1="--worker-threads 2"); DIRECT=1 (load each cluster's first datanode
+#           straight, not its headnode: the CPU column is then that datanode's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 read -r -a levels <<<"${LEVELS:-1 8 64 256}"
@@ -35,16 +38,19 @@ results=$work/results.txt
 # One cluster per binary, all up at once and idle but for the one under load, so each short
 # measurement of one binary sits between measurements of the others: the machine's noise
 # falls on all of them alike.
-declare -a heads=() urls=()
+declare -a heads=() urls=() first_datanode=()
 for i in "${!binaries[@]}"; do
   dir=$work/b$i
   mkdir -p "$dir"
   addrs=()
   datavar="DATANODE_$((i + 1))"
+  dargsvar="DATANODE_ARGS_$((i + 1))"
+  read -r -a data_args <<<"${!dargsvar:-}"
   for d in 1 2 3; do
     "${!datavar:-$bin/datanode}" --listen 127.0.0.1:0 --name "datanode$d" --data-dir "$dir/datanode$d" \
-      --fsync "$mode" </dev/null >/dev/null 2>"$dir/datanode$d.err" &
+      --fsync "$mode" "${data_args[@]}" </dev/null >/dev/null 2>"$dir/datanode$d.err" &
     pids+=($!)
+    ((d > 1)) || first_datanode[i]=$!
     addrs+=("$(addr_of "$dir/datanode$d.err")")
   done
   envvar="ENV_$((i + 1))"
@@ -58,6 +64,9 @@ for i in "${!binaries[@]}"; do
   heads[i]=$!
   pids+=($!)
   urls[i]="http://$(addr_of "$dir/headnode.err")"
+  if [[ ${DIRECT:-} == 1 ]]; then
+    urls[i]="http://${addrs[0]}" heads[i]=${first_datanode[i]}
+  fi
 done
 for i in "${!binaries[@]}"; do
   for _ in $(seq 1 300); do
