@@ -66,6 +66,7 @@ for mode in "${modes[@]}"; do
     addrs+=("$(addr_of "$dir/datanode$d.err")")
     for _ in $(seq 1 100); do grep -q 'metrics on' "$dir/datanode$d.err" && break; sleep 0.05; done
     metrics+=("$(grep -o 'metrics on http://[0-9.:]*' "$dir/datanode$d.err" | head -1 | awk '{print $3}')")
+    [[ -n ${metrics[-1]} ]] || { echo "flush-cost: datanode$d logged no metrics address" >&2; cat "$dir/datanode$d.err" >&2; exit 1; }
   done
   if [[ ${FRONT:-headnode} == haproxy ]]; then
     command -v haproxy >/dev/null || { echo "flush-cost: haproxy is missing (Debian: apt-get install haproxy)" >&2; exit 1; }
