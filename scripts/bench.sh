@@ -212,27 +212,8 @@ start_haproxy() {
   [ "$fds" = unlimited ] && fds=65536
   maxconn=$(((fds - 64) / 2))
   ((maxconn > 4096)) && maxconn=4096
-  cat >"$conf" <<EOF
-# Written by scripts/bench.sh: gRPC to the datanodes over HTTP/2, balanced at random.
-global
-    maxconn $maxconn
-    log stderr format raw local0 warning
-defaults
-    mode http
-    log global
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-frontend grpc
-    bind 127.0.0.1:$haproxy_port proto h2
-    default_backend datanodes
-backend datanodes
-    balance random
-    http-reuse always
-    server datanode1 127.0.0.1:${datanode_ports[0]} proto h2
-    server datanode2 127.0.0.1:${datanode_ports[1]} proto h2
-    server datanode3 127.0.0.1:${datanode_ports[2]} proto h2
-EOF
+  scripts/haproxy-config.sh "$haproxy_port" "$maxconn" "127.0.0.1:${datanode_ports[0]}" \
+    "127.0.0.1:${datanode_ports[1]}" "127.0.0.1:${datanode_ports[2]}" >"$conf"
   haproxy -c -q -f "$conf" 2>"$out/haproxy/config-test.log" || { cat "$out/haproxy/config-test.log" >&2; return 1; }
   haproxy -db -f "$conf" 2>>"$out/haproxy/error.log" &
   haproxy_pid=$!

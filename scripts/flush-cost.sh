@@ -35,16 +35,6 @@ load() { # url seconds
   h2load -D "$2" -c "$conns" -m "$streams" -d "$work/body.bin" -H 'content-type: application/grpc' \
     -H 'te: trailers' "$1/registro.v1.Store/Store"
 }
-# user and system clock ticks of the given processes, all threads
-ticks() {
-  local u=0 s=0 pid
-  local -a f
-  for pid in "$@"; do
-    read -r -a f <"/proc/$pid/stat"
-    u=$((u + f[13])) s=$((s + f[14]))
-  done
-  echo "$u $s"
-}
 # busy and idle ticks of the whole machine
 machine() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6}' /proc/stat; }
 # sum and count of a datanode histogram, over every datanode
@@ -64,46 +54,39 @@ for mode in "${modes[@]}"; do
       --metrics-listen 127.0.0.1:0 </dev/null >/dev/null 2>"$dir/datanode$d.err" &
     pids+=($!) datanodes+=($!)
     addrs+=("$(addr_of "$dir/datanode$d.err")")
-    for _ in $(seq 1 100); do grep -q 'metrics on' "$dir/datanode$d.err" && break; sleep 0.05; done
-    metrics+=("$(grep -o 'metrics on http://[0-9.:]*' "$dir/datanode$d.err" | head -1 | awk '{print $3}')")
-    [[ -n ${metrics[-1]} ]] || { echo "flush-cost: datanode$d logged no metrics address" >&2; cat "$dir/datanode$d.err" >&2; exit 1; }
+    metrics+=("http://$(addr_of "$dir/datanode$d.err" 'metrics on http://')")
   done
   if [[ ${FRONT:-headnode} == haproxy ]]; then
     command -v haproxy >/dev/null || { echo "flush-cost: haproxy is missing (Debian: apt-get install haproxy)" >&2; exit 1; }
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    {
-      printf 'global\n    maxconn 1024\ndefaults\n    mode http\n    timeout connect 5s\n'
-      printf '    timeout client 300s\n    timeout server 300s\nfrontend grpc\n'
-      printf '    bind 127.0.0.1:%s proto h2\n    default_backend datanodes\n' "$port"
-      printf 'backend datanodes\n    balance random\n    http-reuse always\n'
-      for d in 1 2 3; do printf '    server datanode%s %s proto h2\n' "$d" "${addrs[d - 1]}"; done
-    } >"$dir/haproxy.cfg"
+    scripts/haproxy-config.sh "$port" 1024 "${addrs[@]}" >"$dir/haproxy.cfg"
     haproxy -db -f "$dir/haproxy.cfg" </dev/null >/dev/null 2>"$dir/haproxy.err" &
+    head=$!
+    pids+=("$head")
     url="http://127.0.0.1:$port"
   else
     "$headnode_bin" --listen 127.0.0.1:0 --datanodes "$(IFS=,; echo "${addrs[*]}")" \
       --heartbeat-log "$dir/heartbeat.log" --registro-log "$dir/registro.log" </dev/null >/dev/null 2>"$dir/headnode.err" &
-    url=""
+    head=$!
+    pids+=("$head")
+    url="http://$(addr_of "$dir/headnode.err")"
   fi
-  head=$!
-  pids+=("$head")
-  [[ -n $url ]] || url="http://$(addr_of "$dir/headnode.err")"
   wait_serving "$url"
   load "$url" 2 >/dev/null
-  h0=$(ticks "$head") d0=$(ticks "${datanodes[@]}") m0=$(machine)
+  h0=$(cpu_ticks "$head") d0=$(cpu_ticks "${datanodes[@]}") m0=$(machine)
   b0=$(histogram registro_batch_messages "${metrics[@]}") f0=$(histogram registro_fsync_seconds "${metrics[@]}")
   out=$(load "$url" "$secs")
-  h1=$(ticks "$head") d1=$(ticks "${datanodes[@]}") m1=$(machine)
+  h1=$(cpu_ticks "$head") d1=$(cpu_ticks "${datanodes[@]}") m1=$(machine)
   b1=$(histogram registro_batch_messages "${metrics[@]}") f1=$(histogram registro_fsync_seconds "${metrics[@]}")
   python3 - "$mode" "$level" "$out" "$h0" "$h1" "$d0" "$d1" "$m0" "$m1" "$b0" "$b1" "$f0" "$f1" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
-mode, level, out, h0, h1, d0, h1d, m0, m1, b0, b1, f0, f1, hz = sys.argv[1:]
+mode, level, out, h0, h1, d0, d1, m0, m1, b0, b1, f0, f1, hz = sys.argv[1:]
 ok = int(re.search(r"(\d+) succeeded", out).group(1))
 rps = float(re.search(r"([\d.]+) req/s", out).group(1))
 v = lambda a, b: [int(y) - int(x) for x, y in zip(a.split(), b.split())]
 us = lambda t: t * 1e6 / int(hz) / max(ok, 1)
 hu, hs = v(h0, h1)
-du, ds = v(d0, h1d)
+du, ds = v(d0, d1)
 busy, idle = v(m0, m1)
 (bs, bc), (fs, fc) = [[float(y) - float(x) for x, y in zip(a.split(), b.split())] for a, b in ((b0, b1), (f0, f1))]
 rest = us(busy) - us(hu + hs) - us(du + ds)

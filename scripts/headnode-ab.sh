@@ -33,7 +33,7 @@ work=$(mktemp -d)
 . "$(dirname "$0")/procs.sh"
 python3 scripts/bench_chart.py body "$size" "$work/body.bin"
 
-ticks() { local f; read -r -a f <"/proc/$1/stat"; echo $((f[13] + f[14])); }
+ticks() { local t; read -r -a t <<<"$(cpu_ticks "$1")"; echo $((t[0] + t[1])); }
 results=$work/results.txt
 # One cluster per binary, all up at once and idle but for the one under load, so each short
 # measurement of one binary sits between measurements of the others: the machine's noise
