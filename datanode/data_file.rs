@@ -8,13 +8,17 @@
 //! disk). A caller hands over a whole batch ([`DataFile::append_many`]) as one command and awaits
 //! one answer. The writer takes every command that is waiting, writes them with one `write`,
 //! syncs once (group commit: one sync covers many callers' batches) and only then answers each
-//! caller: an acknowledged record is on disk. A failed write is rolled back by truncating to the
+//! caller: an acknowledged record is on disk. With `--fsync always` the sync is the write-ahead
+//! journal's ([`super::journal`]): the same bytes go to `messages.journal`, whose size never
+//! changes, and that file is synced instead of the data file, which a flush then costs less. A failed write is rolled back by truncating to the
 //! last good length, so the file never keeps a partial record; if that truncation fails too, it
 //! is retried before anything else is written, and every batch fails until it succeeds, so no
 //! record is ever appended after a torn one. The file is *unhealthy* after a failed write until a
 //! probe write in the same folder succeeds again, and for good once the writer thread stops.
 //!
-//! **Opening** reads the whole file: every complete line is kept; a torn tail (a last line with
+//! **Opening** first replays the journal's tail, if there is one, into the data file (what a
+//! machine crash took from it), and moves aside, like a torn tail, whatever the data file holds
+//! past that tail's end if it is not whole records. Then it reads the whole file: every complete line is kept; a torn tail (a last line with
 //! no newline, or that is not valid JSON) left by a crash is moved to a side file
 //! `messages.jsonl.corrupt-<time>` with a warning, so nothing is destroyed. An invalid line
 //! *followed by* valid ones is not a torn write, so opening refuses rather than guess.
@@ -34,6 +38,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
+use super::journal::{self, Journal, JournalFile};
 use super::metrics::DataFileMetrics;
 
 /// The data file's name inside `--data-dir`.
@@ -116,6 +121,8 @@ pub enum OpenError {
         side: PathBuf,
         source: io::Error,
     },
+    #[error("cannot replay the journal {path} into the data file: {source}")]
+    Journal { path: PathBuf, source: io::Error },
     #[error(
         "data file {path} is damaged at line {line}: an invalid record is followed by valid ones, which no crash leaves behind; inspect the file before starting again"
     )]
@@ -144,6 +151,8 @@ pub struct Loaded {
     pub truncated_bytes: u64,
     /// Where those bytes went (`messages.jsonl.corrupt-<time>`), if there were any.
     pub side_file: Option<PathBuf>,
+    /// What replaying the journal did.
+    pub journal: journal::Recovered,
 }
 
 /// One caller's batch: written whole in one write, answered with one result.
@@ -180,15 +189,17 @@ impl DataFile {
         fsync: Fsync,
         each: impl FnMut(Record),
     ) -> Result<(Self, Loaded), OpenError> {
-        Self::open_with(dir, fsync, each, |file| file)
+        Self::open_with(dir, fsync, each, |file| file, |file| Box::new(file))
     }
 
-    /// [`Self::open`], with the writer's file wrapped by `storage` (tests make it fail).
+    /// [`Self::open`], with the writer's file wrapped by `storage` and its journal's by
+    /// `journal_storage` (tests make them fail).
     fn open_with<S: Storage>(
         dir: &Path,
         fsync: Fsync,
         each: impl FnMut(Record),
         storage: impl FnOnce(File) -> S,
+        journal_storage: impl FnOnce(File) -> Box<dyn JournalFile>,
     ) -> Result<(Self, Loaded), OpenError> {
         let dir_err = |source| OpenError::Dir {
             path: dir.to_path_buf(),
@@ -211,26 +222,57 @@ impl DataFile {
             // Make the new file's name durable too.
             sync_dir(dir).map_err(dir_err)?;
         }
-        let (mut loaded, good_len) = scan(&mut file, &path, each)?;
-        if loaded.truncated_bytes > 0 {
-            let side = move_tail_aside(&mut file, dir, good_len).map_err(|(side, source)| {
-                OpenError::SideFile {
+        let recovered = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .and_then(|data| journal::recover(dir, &data))
+            .map_err(|source| OpenError::Journal {
+                path: dir.join(journal::FILE_NAME),
+                source,
+            })?;
+        let set_aside = |file: &mut File, from: u64, bytes: u64, why: &str| {
+            let side =
+                move_tail_aside(file, dir, from).map_err(|(side, source)| OpenError::SideFile {
                     path: path.clone(),
                     side,
                     source,
-                }
-            })?;
-            tracing::warn!(
-                path = %path.display(),
-                bytes = loaded.truncated_bytes,
-                side_file = %side.display(),
-                "moved a torn last record left by a crash (it was never acknowledged) to a side file"
-            );
+                })?;
+            tracing::warn!(path = %path.display(), bytes, side_file = %side.display(), "moved {why} (it was never acknowledged) to a side file");
+            Ok(side)
+        };
+        let mut journal_tail = None;
+        if let Some(end) = recovered.end {
+            // Past the journal's tail is only what was never acknowledged: kept if it is whole
+            // records (a process crash after the write), moved aside if not (a machine crash
+            // can leave a hole of zeros, which would stop the scan below).
+            if !whole_records_from(&mut file, end).map_err(file_err)? {
+                let bytes = file.metadata().map_err(file_err)?.len() - end;
+                let why = "a torn last record left by a crash, past the journal's last record,";
+                journal_tail = Some((set_aside(&mut file, end, bytes, why)?, bytes));
+            }
+        }
+        let (mut loaded, good_len) = scan(&mut file, &path, each)?;
+        loaded.journal = recovered;
+        if loaded.truncated_bytes > 0 {
+            let why = "a torn last record left by a crash";
+            loaded.side_file = Some(set_aside(&mut file, good_len, loaded.truncated_bytes, why)?);
+        } else if let Some((side, bytes)) = journal_tail {
             loaded.side_file = Some(side);
+            loaded.truncated_bytes = bytes;
         }
         // Probe once at start: a data directory that cannot take a write is a start-up error,
         // not something to discover on the first Store.
         probe_write(dir).map_err(dir_err)?;
+        let journal = match fsync {
+            Fsync::Always => start_journal(dir, &file, &recovered, good_len, journal_storage),
+            Fsync::Never => {
+                // Every write syncs nothing: a journal would be replayed over what a later
+                // opening moved aside. The data file is synced (recover did), so it can go.
+                journal::remove(dir).map_err(dir_err)?;
+                None
+            }
+        };
 
         let durable_len = Arc::new(AtomicU64::new(good_len));
         let metrics = DataFileMetrics::default();
@@ -248,6 +290,7 @@ impl DataFile {
             last_stamp: last_stamp_of(&path, good_len),
             buf: Vec::new(),
             metrics: metrics.clone(),
+            journal,
         };
         std::thread::Builder::new()
             .name("data file writer".into())
@@ -369,6 +412,47 @@ fn create_dir_durably(dir: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Starts the journal of `--fsync always` once the data file is synced up to `data_len`. Without
+/// one (it cannot be made: a disk too small for it, say) every write syncs the data file, as
+/// with no journal at all, and the log says why.
+fn start_journal(
+    dir: &Path,
+    data: &File,
+    recovered: &journal::Recovered,
+    data_len: u64,
+    wrap: impl FnOnce(File) -> Box<dyn JournalFile>,
+) -> Option<Journal> {
+    let started = data
+        .sync_data()
+        .and_then(|()| data.try_clone())
+        .and_then(|data| Journal::start(dir, recovered, data, data_len, wrap));
+    match started {
+        Ok(journal) => Some(journal),
+        Err(e) => {
+            tracing::warn!(path = %dir.join(journal::FILE_NAME).display(), error = %e, "cannot use a write-ahead journal; every write syncs the data file instead (slower, as durable)");
+            None
+        }
+    }
+}
+
+/// Whether everything from `from` to the end of `file` is whole records (or nothing).
+fn whole_records_from(file: &mut File, from: u64) -> io::Result<bool> {
+    file.seek(SeekFrom::Start(from))?;
+    let mut reader = BufReader::new(&*file);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(true);
+        }
+        let whole = line.last() == Some(&b'\n')
+            && serde_json::from_slice::<Record>(&line[..line.len() - 1]).is_ok();
+        if !whole {
+            return Ok(false);
+        }
+    }
 }
 
 /// Syncs a folder, making the names created in it durable (`""` is the current folder).
@@ -544,6 +628,8 @@ struct Writer<S: Storage> {
     buf: Vec<u8>,
     /// The same series as [`DataFile::metrics`]: recorded here, read by the registry.
     metrics: DataFileMetrics,
+    /// With `--fsync always`, what is synced instead of the data file; `None` without one.
+    journal: Option<Journal>,
 }
 
 impl<S: Storage> Drop for Writer<S> {
@@ -647,13 +733,7 @@ impl<S: Storage> Writer<S> {
             }
             answers.push((records, batch.done));
         }
-        let result = self
-            .file
-            .write_all(&self.buf)
-            .and_then(|()| match self.fsync {
-                Fsync::Always => self.metrics.time_fsync(|| self.file.sync_data()),
-                Fsync::Never => Ok(()),
-            });
+        let result = self.file.write_all(&self.buf).and_then(|()| self.flush());
         match result {
             Ok(()) => {
                 self.len += self.buf.len() as u64;
@@ -680,12 +760,41 @@ impl<S: Storage> Writer<S> {
         }
     }
 
-    /// Cuts whatever part of a failed write reached the file, so no partial record stays.
+    /// Makes the bytes just written (`buf`, from `len` on) durable as `--fsync` says.
+    fn flush(&mut self) -> io::Result<()> {
+        let Self {
+            file,
+            journal,
+            metrics,
+            len,
+            buf,
+            ..
+        } = self;
+        match (self.fsync, journal) {
+            (Fsync::Never, _) => Ok(()),
+            (Fsync::Always, Some(journal)) if Journal::fits(buf.len()) => {
+                journal.write(*len, buf, &mut || file.sync_data())?;
+                metrics.time_fsync(|| journal.sync())
+            }
+            (Fsync::Always, Some(journal)) => {
+                // Too big for the journal: synced where it is, and the journal told so.
+                metrics.time_fsync(|| file.sync_data())?;
+                journal.mark(*len + buf.len() as u64)
+            }
+            (Fsync::Always, None) => metrics.time_fsync(|| file.sync_data()),
+        }
+    }
+
+    /// Cuts whatever part of a failed write reached the file, so no partial record stays, after
+    /// undoing its journal record (so that a crash in between never replays it).
     /// Returns whether the file now ends with a complete record.
     fn roll_back(&mut self) -> bool {
-        match self
-            .file
-            .set_len(self.len)
+        let journal = match &mut self.journal {
+            Some(journal) => journal.discard(),
+            None => Ok(()),
+        };
+        match journal
+            .and_then(|()| self.file.set_len(self.len))
             .and_then(|()| self.file.sync_data())
         {
             Ok(()) => {
@@ -738,6 +847,10 @@ pub(crate) mod tests {
         /// Writes and syncs that reached the file.
         pub writes: u32,
         pub syncs: u32,
+        /// Journal syncs that fail, this many times.
+        pub journal_sync_failures: u32,
+        /// Journal syncs that reached the journal.
+        pub journal_syncs: u32,
     }
 
     /// A real data file whose operations fail when [`Faults`] says so.
@@ -787,10 +900,48 @@ pub(crate) mod tests {
         }
     }
 
-    /// Opens `dir`'s data file with its writer's operations under `faults`' control.
+    /// A real journal whose syncs fail when [`Faults`] says so.
+    pub(crate) struct FaultyJournal {
+        file: File,
+        faults: Arc<Mutex<Faults>>,
+    }
+
+    impl JournalFile for FaultyJournal {
+        fn write_at(&mut self, buf: &[u8], pos: u64) -> io::Result<()> {
+            JournalFile::write_at(&mut self.file, buf, pos)
+        }
+        fn sync_data(&mut self) -> io::Result<()> {
+            let mut faults = self.faults.lock().unwrap();
+            if faults.journal_sync_failures > 0 {
+                faults.journal_sync_failures -= 1;
+                return Err(io::Error::other("injected fault: journal sync failed"));
+            }
+            faults.journal_syncs += 1;
+            self.file.sync_data()
+        }
+    }
+
+    /// Opens `dir`'s data file with its writer's and its journal's operations under `faults`'
+    /// control.
     pub(crate) fn open_faulty(dir: &Path, faults: &Arc<Mutex<Faults>>) -> (DataFile, Loaded) {
-        let faults = faults.clone();
-        DataFile::open_with(dir, Fsync::Always, |_| {}, |file| Faulty { file, faults }).unwrap()
+        let data_faults = faults.clone();
+        let journal_faults = faults.clone();
+        DataFile::open_with(
+            dir,
+            Fsync::Always,
+            |_| {},
+            |file| Faulty {
+                file,
+                faults: data_faults,
+            },
+            |file| {
+                Box::new(FaultyJournal {
+                    file,
+                    faults: journal_faults,
+                })
+            },
+        )
+        .unwrap()
     }
 
     fn open(dir: &Path) -> (DataFile, Loaded) {
@@ -888,7 +1039,14 @@ pub(crate) mod tests {
         let (file, _) = open_faulty(dir.path(), &faults);
         let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
         let (release, gate) = std_mpsc::channel();
-        faults.lock().unwrap().gate = Some((entered_tx, gate));
+        {
+            let mut f = faults.lock().unwrap();
+            f.gate = Some((entered_tx, gate));
+            // Opening started the journal with a synced mark.
+            f.journal_syncs = 0;
+        }
+        // A sync is the journal's (the data file's only past its size).
+        let syncs = |f: &Faults| f.syncs + f.journal_syncs;
 
         let first = tokio::spawn({
             let file = file.clone();
@@ -904,7 +1062,7 @@ pub(crate) mod tests {
         }
         {
             let f = faults.lock().unwrap();
-            assert_eq!((f.writes, f.syncs), (0, 0));
+            assert_eq!((f.writes, syncs(&f)), (0, 0));
         }
         release.send(()).unwrap();
         first.await.unwrap().unwrap();
@@ -916,7 +1074,7 @@ pub(crate) mod tests {
         assert_eq!(stamps.len(), 1);
         let f = faults.lock().unwrap();
         assert_eq!(
-            (f.writes, f.syncs),
+            (f.writes, syncs(&f)),
             (2, 2),
             "the 19 waiting batches took one write and one sync"
         );
@@ -1088,6 +1246,166 @@ pub(crate) mod tests {
         let (file, _) = open(&deep);
         file.append("m".into(), String::new()).await.unwrap();
         assert!(deep.join(FILE_NAME).exists());
+    }
+
+    /// Opens `dir`, appends `batches` batches of `per` messages of about `size` bytes, closes.
+    async fn fill(dir: &Path, batches: usize, per: usize, size: usize) -> Vec<u8> {
+        let (file, _) = open(dir);
+        for b in 0..batches {
+            let batch = (0..per)
+                .map(|i| Append::new(format!("{b}.{i}:{}", "x".repeat(size)), format!("r{b}.{i}")))
+                .collect();
+            file.append_many(batch).await.unwrap();
+        }
+        drop(file);
+        std::fs::read(dir.join(FILE_NAME)).unwrap()
+    }
+
+    /// What a machine crash does to the data file, whose pages the journal's writes leave
+    /// unsynced: the end lost, or a hole of zeros in its place. Every acknowledged byte comes
+    /// back from the journal, and nothing is set aside.
+    #[tokio::test]
+    async fn acknowledged_records_a_machine_crash_took_from_the_data_file_come_back() {
+        type Damage = fn(&mut Vec<u8>);
+        let damages: [(&str, Damage); 3] = [
+            ("end lost", |bytes| bytes.truncate(bytes.len() * 2 / 3)),
+            ("hole", |bytes| {
+                let len = bytes.len();
+                bytes[len * 2 / 3..len - 10].fill(0);
+            }),
+            ("all lost", |bytes| bytes.clear()),
+        ];
+        for (what, damage) in damages {
+            let dir = tempfile::tempdir().unwrap();
+            let good = fill(dir.path(), 50, 4, 60).await;
+            let path = dir.path().join(FILE_NAME);
+            let mut damaged = good.clone();
+            damage(&mut damaged);
+            std::fs::write(&path, &damaged).unwrap();
+            let (file, loaded) = open(dir.path());
+            assert!(
+                std::fs::read(&path).unwrap() == good,
+                "{what}: not restored"
+            );
+            assert!(loaded.journal.restored_bytes > 0, "{what}");
+            assert_eq!((loaded.count, loaded.truncated_bytes), (200, 0), "{what}");
+            assert_eq!(loaded.side_file, None, "{what}");
+            assert_eq!(read_all(&file).len(), 200, "{what}");
+            drop(file);
+            // The data file was synced at opening: the next opening rewrites nothing.
+            let (_, loaded) = open(dir.path());
+            assert_eq!(loaded.journal.restored_bytes, 0, "{what}");
+        }
+    }
+
+    /// Many laps of the journal later its tail still covers the last writes, and the data file
+    /// was synced behind it as the segments were reused.
+    #[tokio::test]
+    async fn the_journal_wraps_and_its_tail_still_restores_the_last_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let laps = 2 * journal::SEGMENTS * journal::SEGMENT_BYTES;
+        let good = fill(dir.path(), 700, 40, 200).await;
+        assert!(good.len() as u64 > laps, "{} bytes", good.len());
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, &good[..good.len() - 300_000]).unwrap();
+        let (_, loaded) = open(dir.path());
+        assert!(std::fs::read(&path).unwrap() == good, "not restored");
+        // Whole records are rewritten: the one the cut went through too.
+        let restored = loaded.journal.restored_bytes;
+        assert!((300_000..400_000).contains(&restored), "{restored}");
+        assert_eq!(loaded.count, 28_000);
+    }
+
+    /// A write too big for a journal segment is synced in the data file itself and marked in
+    /// the journal, so the journal's tail ends past it and nothing of it is set aside.
+    #[tokio::test]
+    async fn a_write_bigger_than_a_journal_segment_is_synced_in_place_and_marked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, _) = open(dir.path());
+        let big = "b".repeat(journal::SEGMENT_BYTES as usize / 2);
+        file.append_many(vec![
+            Append::new(big.clone(), String::new()),
+            Append::new(big.clone(), String::new()),
+        ])
+        .await
+        .unwrap();
+        drop(file);
+        let path = dir.path().join(FILE_NAME);
+        let good = std::fs::read(&path).unwrap();
+        let (_, loaded) = open(dir.path());
+        assert_eq!(loaded.journal.end, Some(good.len() as u64));
+        assert_eq!((loaded.count, loaded.truncated_bytes), (2, 0));
+        assert!(std::fs::read(&path).unwrap() == good, "changed");
+    }
+
+    /// A batch whose journal sync fails is failed and rolled back in both files: it is not in
+    /// the data file and the journal never brings it back.
+    #[tokio::test]
+    async fn a_batch_whose_journal_sync_failed_never_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = Arc::new(Mutex::new(Faults::default()));
+        let (file, _) = open_faulty(dir.path(), &faults);
+        file.append("a".into(), String::new()).await.unwrap();
+        faults.lock().unwrap().journal_sync_failures = 1;
+        let failed = file.append("failed".into(), String::new()).await;
+        assert!(matches!(failed, Err(AppendError::Io(_))), "{failed:?}");
+        file.append("c".into(), String::new()).await.unwrap();
+        assert_eq!(messages(&read_all(&file)), ["a", "c"]);
+        drop(file);
+        let path = dir.path().join(FILE_NAME);
+        let good = std::fs::read(&path).unwrap();
+        // Even with the data file lost, only what was acknowledged comes back.
+        std::fs::write(&path, b"").unwrap();
+        let (file, loaded) = open(dir.path());
+        assert!(std::fs::read(&path).unwrap() == good, "not restored");
+        assert_eq!(messages(&read_all(&file)), ["a", "c"]);
+        assert_eq!(loaded.side_file, None);
+    }
+
+    /// Past the journal's tail the data file holds only what was never acknowledged: whole
+    /// records are kept (a process crash after the write), anything else is set aside.
+    #[tokio::test]
+    async fn past_the_journals_tail_whole_records_stay_and_the_rest_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = fill(dir.path(), 3, 2, 10).await;
+        let path = dir.path().join(FILE_NAME);
+        let unacknowledged =
+            b"{\"id\":\"u\",\"stored_at\":\"t\",\"message\":\"m\",\"request_id\":\"\"}\n";
+        let mut bytes = good.clone();
+        bytes.extend_from_slice(unacknowledged);
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, loaded) = open(dir.path());
+        assert_eq!((loaded.count, loaded.side_file), (7, None));
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+
+        // A hole of zeros then a whole record: all of it set aside, byte for byte.
+        let dir = tempfile::tempdir().unwrap();
+        let good = fill(dir.path(), 3, 2, 10).await;
+        let path = dir.path().join(FILE_NAME);
+        let mut tail = vec![0u8; 100];
+        tail.extend_from_slice(unacknowledged);
+        let mut bytes = good.clone();
+        bytes.extend_from_slice(&tail);
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, loaded) = open(dir.path());
+        assert_eq!(loaded.count, 6);
+        assert_eq!(loaded.truncated_bytes, tail.len() as u64);
+        assert_eq!(std::fs::read(loaded.side_file.unwrap()).unwrap(), tail);
+        assert_eq!(std::fs::read(&path).unwrap(), good);
+    }
+
+    /// Opening with `--fsync never` still replays the journal, then removes it: a journal left
+    /// behind would be replayed over whatever a later opening set aside.
+    #[tokio::test]
+    async fn fsync_never_replays_the_journal_then_removes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = fill(dir.path(), 5, 2, 10).await;
+        let path = dir.path().join(FILE_NAME);
+        std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+        let (_, loaded) = DataFile::open(dir.path(), Fsync::Never, |_| {}).unwrap();
+        assert_eq!(loaded.count, 10);
+        assert!(std::fs::read(&path).unwrap() == good, "not restored");
+        assert!(!dir.path().join(journal::FILE_NAME).exists());
     }
 
     /// A data directory that cannot be made is a clear error naming the path.

@@ -10,6 +10,7 @@
 //! - [`metrics`]: the data file's metrics, served with the gRPC ones on `--metrics-listen`.
 
 pub mod data_file;
+pub mod journal;
 pub mod metrics;
 pub mod register;
 pub mod store;
@@ -154,6 +155,13 @@ async fn run(
         fsync = ?config.fsync,
         "datanode starting"
     );
+    if loaded.journal.restored_bytes > 0 {
+        tracing::warn!(
+            bytes = loaded.journal.restored_bytes,
+            journal_records = loaded.journal.records,
+            "the data file had lost acknowledged bytes (a machine crash before its background sync); the journal wrote them back"
+        );
+    }
     if config.fsync == Fsync::Never {
         tracing::warn!(
             "--fsync never: replies do not wait for the disk; a machine crash can lose acknowledged messages"
