@@ -14,7 +14,8 @@
 #           (the n-th cluster's datanodes; default target/release/datanode); LOGS_<n>=DIR (where the
 #           n-th headnode writes its registro and heartbeat logs; default its cluster's folder);
 #           DATANODE_ARGS_<n>="..." (extra flags for the n-th cluster's datanodes, e.g.
-#           DATANODE_ARGS_1="--worker-threads 2"); DIRECT=1 (load each cluster's first datanode
+#           DATANODE_ARGS_1="--worker-threads 2"); MODE_<n>=always|never (the n-th cluster's
+#           --fsync, instead of $MODE: both modes side by side); DIRECT=1 (load each cluster's first datanode
 #           straight, not its headnode: the CPU column is then that datanode's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,10 +46,11 @@ for i in "${!binaries[@]}"; do
   addrs=()
   datavar="DATANODE_$((i + 1))"
   dargsvar="DATANODE_ARGS_$((i + 1))"
+  modevar="MODE_$((i + 1))"
   read -r -a data_args <<<"${!dargsvar:-}"
   for d in 1 2 3; do
     "${!datavar:-$bin/datanode}" --listen 127.0.0.1:0 --name "datanode$d" --data-dir "$dir/datanode$d" \
-      --fsync "$mode" "${data_args[@]}" </dev/null >/dev/null 2>"$dir/datanode$d.err" &
+      --fsync "${!modevar:-$mode}" "${data_args[@]}" </dev/null >/dev/null 2>"$dir/datanode$d.err" &
     pids+=($!)
     ((d > 1)) || first_datanode[i]=$!
     addrs+=("$(addr_of "$dir/datanode$d.err")")
