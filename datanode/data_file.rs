@@ -189,17 +189,17 @@ impl DataFile {
         fsync: Fsync,
         each: impl FnMut(Record),
     ) -> Result<(Self, Loaded), OpenError> {
-        Self::open_with(dir, fsync, each, |file| file, |file| Box::new(file))
+        Self::open_with(dir, fsync, each, |file| file, journal::open_file)
     }
 
-    /// [`Self::open`], with the writer's file wrapped by `storage` and its journal's by
-    /// `journal_storage` (tests make them fail).
+    /// [`Self::open`], with the writer's file wrapped by `storage` and its journal opened by
+    /// `open_journal` (tests make them fail).
     fn open_with<S: Storage>(
         dir: &Path,
         fsync: Fsync,
         each: impl FnMut(Record),
         storage: impl FnOnce(File) -> S,
-        journal_storage: impl FnOnce(File) -> Box<dyn JournalFile>,
+        open_journal: impl FnOnce(&Path) -> io::Result<Box<dyn JournalFile>>,
     ) -> Result<(Self, Loaded), OpenError> {
         let dir_err = |source| OpenError::Dir {
             path: dir.to_path_buf(),
@@ -265,7 +265,7 @@ impl DataFile {
         // not something to discover on the first Store.
         probe_write(dir).map_err(dir_err)?;
         let journal = match fsync {
-            Fsync::Always => start_journal(dir, &file, &recovered, good_len, journal_storage),
+            Fsync::Always => start_journal(dir, &file, &recovered, good_len, open_journal),
             Fsync::Never => {
                 // Every write syncs nothing: a journal would be replayed over what a later
                 // opening moved aside. The data file is synced (recover did), so it can go.
@@ -422,12 +422,12 @@ fn start_journal(
     data: &File,
     recovered: &journal::Recovered,
     data_len: u64,
-    wrap: impl FnOnce(File) -> Box<dyn JournalFile>,
+    open: impl FnOnce(&Path) -> io::Result<Box<dyn JournalFile>>,
 ) -> Option<Journal> {
     let started = data
         .sync_data()
         .and_then(|()| data.try_clone())
-        .and_then(|data| Journal::start(dir, recovered, data, data_len, wrap));
+        .and_then(|data| Journal::start(dir, recovered, data, data_len, open));
     match started {
         Ok(journal) => Some(journal),
         Err(e) => {
@@ -773,8 +773,11 @@ impl<S: Storage> Writer<S> {
         match (self.fsync, journal) {
             (Fsync::Never, _) => Ok(()),
             (Fsync::Always, Some(journal)) if Journal::fits(buf.len()) => {
-                journal.write(*len, buf, &mut || file.sync_data())?;
-                metrics.time_fsync(|| journal.sync())
+                // Timed whole: opened O_DIRECT, the journal's write is its flush.
+                metrics.time_fsync(|| {
+                    journal.write(*len, buf, &mut || file.sync_data())?;
+                    journal.sync()
+                })
             }
             (Fsync::Always, Some(journal)) => {
                 // Too big for the journal: synced where it is, and the journal told so.
@@ -934,11 +937,12 @@ pub(crate) mod tests {
                 file,
                 faults: data_faults,
             },
-            |file| {
-                Box::new(FaultyJournal {
+            |path| {
+                let file = OpenOptions::new().write(true).open(path)?;
+                Ok(Box::new(FaultyJournal {
                     file,
                     faults: journal_faults,
-                })
+                }))
             },
         )
         .unwrap()

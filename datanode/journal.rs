@@ -7,7 +7,10 @@
 //! puts the same bytes in a record of this fixed-size journal, and syncs the journal: an
 //! acknowledged record is on disk in the journal, and `messages.jsonl` reaches the disk a little
 //! later (a background thread syncs it). The data file stays exactly what the SPEC says; the
-//! journal only ever holds copies of its recent bytes.
+//! journal only ever holds copies of its recent bytes. Where the filesystem allows, the journal
+//! is opened `O_DIRECT | O_DSYNC` ([`Direct`]): a write rewrites the 4 KiB pages it touches from
+//! an aligned buffer and is durable when it returns, with no page cache and no `fdatasync`,
+//! cheaper again (`fsync-cost.py`'s layout `direct`).
 //!
 //! **Layout.** [`SEGMENTS`] segments of [`SEGMENT_BYTES`], written with zeros when the file is
 //! made, so later writes only overwrite. A record is a [`HEADER`]-byte header (magic, CRC-32 of
@@ -59,11 +62,20 @@ const MAGIC: [u8; 4] = *b"RGJ1";
 const KIND_DATA: u32 = 1;
 const KIND_MARK: u32 = 2;
 
-/// The file operations the journal uses. A trait only so that unit tests can make one of them
-/// fail the way a disk does.
+/// The unit of a write to a journal opened `O_DIRECT`.
+const PAGE: usize = 4096;
+
+/// The file operations the journal uses: a `File` written through the page cache and synced, or
+/// a [`Direct`] one. A trait also so that unit tests can make one of them fail the way a disk
+/// does.
 pub(crate) trait JournalFile: Send + 'static {
     fn write_at(&mut self, buf: &[u8], pos: u64) -> io::Result<()>;
+    /// Makes the writes so far durable.
     fn sync_data(&mut self) -> io::Result<()>;
+    /// Whether a write must be whole [`PAGE`]s from an aligned buffer (and is durable once done).
+    fn pages(&self) -> bool {
+        false
+    }
 }
 
 impl JournalFile for File {
@@ -72,6 +84,47 @@ impl JournalFile for File {
     }
     fn sync_data(&mut self) -> io::Result<()> {
         File::sync_data(self)
+    }
+}
+
+/// The journal opened `O_DIRECT | O_DSYNC`: a write goes to the disk from the caller's buffer and
+/// returns once durable, with no page cache and no `fdatasync` (how databases write their logs;
+/// `scripts/fsync-cost.py`'s layout `direct`).
+pub(crate) struct Direct(File);
+
+impl JournalFile for Direct {
+    fn write_at(&mut self, buf: &[u8], pos: u64) -> io::Result<()> {
+        self.0.write_all_at(buf, pos)
+    }
+    fn sync_data(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    fn pages(&self) -> bool {
+        true
+    }
+}
+
+/// Opens the journal at `path` [`Direct`] if the filesystem takes aligned page writes that way
+/// (tried on its first page, which [`Journal::start`] writes next anyway), else through the page
+/// cache (tmpfs refuses `O_DIRECT`).
+pub(crate) fn open_file(path: &Path) -> io::Result<Box<dyn JournalFile>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let direct = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+        .open(path)
+        .and_then(|file| {
+            let zeros = vec![0u8; 2 * PAGE];
+            let at = zeros.as_ptr().align_offset(PAGE);
+            file.write_all_at(&zeros[at..at + PAGE], 0)?;
+            Ok(file)
+        });
+    match direct {
+        Ok(file) => Ok(Box::new(Direct(file))),
+        Err(e) => {
+            tracing::info!(path = %path.display(), error = %e, "the journal is written through the page cache and synced: this filesystem does not take O_DIRECT writes");
+            Ok(Box::new(OpenOptions::new().write(true).open(path)?))
+        }
     }
 }
 
@@ -249,19 +302,26 @@ pub(crate) struct Journal {
     pending: Option<Pending>,
     /// Reused record buffer: header and payload go out in one write.
     record: Vec<u8>,
+    /// For a file that takes whole pages: the committed bytes of the page `pos` is in (from its
+    /// start to `pos`), written again in front of the next record.
+    tail: Vec<u8>,
+    /// For a file that takes whole pages: room for a segment and a page on each side, used from
+    /// `staging_at` on, which is page-aligned in memory.
+    staging: Vec<u8>,
+    staging_at: usize,
 }
 
 impl Journal {
     /// Makes `<dir>/messages.journal` if it is missing or not the right size (zeros, synced,
-    /// then renamed into place), and starts it over with a mark past `recovered`'s records.
-    /// `data` is a handle on the data file for the background sync thread; the data file must
-    /// be synced up to `data_len` already. Blocking.
+    /// then renamed into place), opens it with `open` ([`open_file`]) and starts it over with a
+    /// mark past `recovered`'s records. `data` is a handle on the data file for the background
+    /// sync thread; the data file must be synced up to `data_len` already. Blocking.
     pub fn start(
         dir: &Path,
         recovered: &Recovered,
         data: File,
         data_len: u64,
-        wrap: impl FnOnce(File) -> Box<dyn JournalFile>,
+        open: impl FnOnce(&Path) -> io::Result<Box<dyn JournalFile>>,
     ) -> io::Result<Self> {
         let path = dir.join(FILE_NAME);
         let fits = std::fs::metadata(&path).is_ok_and(|m| m.len() == JOURNAL_BYTES);
@@ -282,7 +342,13 @@ impl Journal {
                 return Err(e);
             }
         }
-        let file = OpenOptions::new().write(true).open(&path)?;
+        let file = open(&path)?;
+        let staging = if file.pages() {
+            vec![0u8; SEGMENT_BYTES as usize + 3 * PAGE]
+        } else {
+            Vec::new()
+        };
+        let staging_at = staging.as_ptr().align_offset(PAGE);
         let synced = Arc::new(AtomicU64::new(data_len));
         let (syncer, asks) = std_mpsc::channel::<u64>();
         let done = synced.clone();
@@ -305,7 +371,7 @@ impl Journal {
                 }
             })?;
         let mut journal = Self {
-            file: wrap(file),
+            file,
             pos: 0,
             // Two past the highest: the sequence number in between is never written, so no
             // record of an earlier run continues this run's tail.
@@ -315,6 +381,9 @@ impl Journal {
             syncer,
             pending: None,
             record: Vec::new(),
+            tail: Vec::new(),
+            staging,
+            staging_at,
         };
         journal.mark(data_len)?;
         Ok(journal)
@@ -343,6 +412,14 @@ impl Journal {
         self.file.sync_data()?;
         if let Some(p) = self.pending.take() {
             self.needs[(p.pos / SEGMENT_BYTES) as usize] = p.data_end;
+            if self.file.pages() {
+                // The new last page's committed bytes, from what was just written.
+                let span = p.pos - self.tail.len() as u64;
+                let from = self.staging_at + (p.next - p.next % PAGE as u64 - span) as usize;
+                let to = self.staging_at + (p.next - span) as usize;
+                self.tail.clear();
+                self.tail.extend_from_slice(&self.staging[from..to]);
+            }
             self.pos = p.next;
             self.seq += 1;
         }
@@ -362,11 +439,36 @@ impl Journal {
     /// and synced, so it cannot be replayed over whatever the data file holds there next.
     pub fn discard(&mut self) -> io::Result<()> {
         if let Some(p) = &self.pending {
-            self.file.write_at(&[0u8; HEADER], p.pos)?;
+            self.write_span(p.pos, &[&[0u8; HEADER]])?;
             self.file.sync_data()?;
             self.pending = None;
         }
         Ok(())
+    }
+
+    /// Writes `parts` at `pos`, the end of the committed records: as they are, or, for a file
+    /// that takes whole pages, after the committed bytes of `pos`'s page and padded with zeros
+    /// to the page's end. (Those bytes are written again as they were, so a write torn by a
+    /// crash leaves them whole either way.)
+    fn write_span(&mut self, pos: u64, parts: &[&[u8]]) -> io::Result<()> {
+        if !self.file.pages() {
+            self.record.clear();
+            for part in parts {
+                self.record.extend_from_slice(part);
+            }
+            return self.file.write_at(&self.record, pos);
+        }
+        let start = pos - self.tail.len() as u64;
+        debug_assert_eq!(start % PAGE as u64, 0, "the tail starts a page");
+        let len = self.tail.len() + parts.iter().map(|p| p.len()).sum::<usize>();
+        let buf = &mut self.staging[self.staging_at..self.staging_at + len.div_ceil(PAGE) * PAGE];
+        let mut at = 0;
+        for part in std::iter::once(&self.tail[..]).chain(parts.iter().copied()) {
+            buf[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        buf[at..].fill(0);
+        self.file.write_at(buf, start)
     }
 
     fn put(
@@ -396,6 +498,7 @@ impl Journal {
             // Ask now for the sync this segment's records will need a lap from now.
             let _ = self.syncer.send(data_end);
             self.pos = pos;
+            self.tail.clear();
         }
         let head = header(self.seq, offset, kind, payload);
         self.pending = Some(Pending {
@@ -403,10 +506,7 @@ impl Journal {
             next: pos + len,
             data_end,
         });
-        self.record.clear();
-        self.record.extend_from_slice(&head);
-        self.record.extend_from_slice(payload);
-        self.file.write_at(&self.record, pos)
+        self.write_span(pos, &[&head, payload])
     }
 }
 
@@ -417,10 +517,8 @@ mod tests {
     /// A data file and a journal of `lines` written at its end, one record a line.
     fn run(dir: &Path, data: &File, recovered: &Recovered, lines: &[&str]) -> u64 {
         let mut len = data.metadata().unwrap().len();
-        let mut journal = Journal::start(dir, recovered, data.try_clone().unwrap(), len, |f| {
-            Box::new(f)
-        })
-        .unwrap();
+        let mut journal =
+            Journal::start(dir, recovered, data.try_clone().unwrap(), len, open_file).unwrap();
         for line in lines {
             data.write_all_at(line.as_bytes(), len).unwrap();
             journal
@@ -498,6 +596,32 @@ mod tests {
         let recovered = recover(dir.path(), &data).unwrap();
         assert_eq!((recovered.records, recovered.end), (2, Some(4)));
         assert_eq!(std::fs::read(dir.path().join("data")).unwrap(), b"one\n");
+    }
+
+    /// Where the filesystem takes `O_DIRECT` (ext4 and xfs do, tmpfs does not), the journal
+    /// is written that way, and records of every size, each rewriting the page the last one
+    /// ended in, all come back.
+    #[test]
+    fn records_written_direct_page_by_page_all_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = dir.path().join("probe");
+        std::fs::write(&probe, [0u8; PAGE]).unwrap();
+        let file = open_file(&probe).unwrap();
+        if !file.pages() {
+            eprintln!("skipped: {} does not take O_DIRECT", dir.path().display());
+            return;
+        }
+        let data = data_file(dir.path());
+        let lines: Vec<String> = (0..300)
+            .map(|i| format!("{}\n", "y".repeat(i * 37 % 5000)))
+            .collect();
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let end = run(dir.path(), &data, &Recovered::default(), &lines);
+        let written = std::fs::read(dir.path().join("data")).unwrap();
+        data.set_len(0).unwrap();
+        let recovered = recover(dir.path(), &data).unwrap();
+        assert_eq!((recovered.records, recovered.end), (301, Some(end)));
+        assert!(std::fs::read(dir.path().join("data")).unwrap() == written);
     }
 
     /// Random bytes never parse as a record, and no header can make the parser read past the

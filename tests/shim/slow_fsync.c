@@ -1,11 +1,14 @@
 /*
  * slow_fsync: an LD_PRELOAD shim that makes a process's disk look slow. Every fsync and
- * fdatasync sleeps REGISTRO_SLOW_FSYNC_MS milliseconds before the real call. tests/slow_disk.rs
+ * fdatasync sleeps REGISTRO_SLOW_FSYNC_MS milliseconds before the real call, and so does every
+ * pwrite to a file opened O_DSYNC (the datanode's journal opened O_DIRECT | O_DSYNC, whose
+ * writes are its flushes). tests/slow_disk.rs
  * compiles it at test time (cc -shared -fPIC) and preloads it into one datanode.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -45,4 +48,20 @@ int fdatasync(int fd) {
     }
     slow_down();
     return real(fd);
+}
+
+ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset) {
+    static ssize_t (*real)(int, const void *, size_t, off_t);
+    if (!real) {
+        real = (ssize_t (*)(int, const void *, size_t, off_t))dlsym(RTLD_NEXT, "pwrite64");
+    }
+    int flags = fcntl(fd, F_GETFL);
+    if (flags != -1 && (flags & O_DSYNC) == O_DSYNC) {
+        slow_down();
+    }
+    return real(fd, buf, count, offset);
+}
+
+ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset) {
+    return pwrite64(fd, buf, count, offset);
 }
