@@ -8,7 +8,7 @@
 //! acknowledged record is on disk in the journal, and `messages.jsonl` reaches the disk a little
 //! later (a background thread syncs it). The data file stays exactly what the SPEC says; the
 //! journal only ever holds copies of its recent bytes. Where the filesystem allows, the journal
-//! is opened `O_DIRECT | O_DSYNC` ([`Direct`]): a write rewrites the 4 KiB pages it touches from
+//! is opened `O_DIRECT | O_DSYNC` (`Direct`): a write rewrites the 4 KiB pages it touches from
 //! an aligned buffer and is durable when it returns, with no page cache and no `fdatasync`,
 //! cheaper again (`fsync-cost.py`'s layout `direct`).
 //!
