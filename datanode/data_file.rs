@@ -10,17 +10,19 @@
 //! syncs once (group commit: one sync covers many callers' batches) and only then answers each
 //! caller: an acknowledged record is on disk. With `--fsync always` the sync is the write-ahead
 //! journal's ([`super::journal`]): the same bytes go to `messages.journal`, whose size never
-//! changes, and that file is synced instead of the data file, which a flush then costs less. A failed write is rolled back by truncating to the
-//! last good length, so the file never keeps a partial record; if that truncation fails too, it
-//! is retried before anything else is written, and every batch fails until it succeeds, so no
-//! record is ever appended after a torn one. The file is *unhealthy* after a failed write until a
-//! probe write in the same folder succeeds again, and for good once the writer thread stops.
+//! changes, and that file is synced instead of the data file, which a flush then costs less. A
+//! failed write is rolled back by truncating to the last good length, so the file never keeps a
+//! partial record; if that truncation fails too, it is retried before anything else is written,
+//! and every batch fails until it succeeds, so no record is ever appended after a torn one. The
+//! file is *unhealthy* after a failed write until a probe write in the same folder succeeds
+//! again, and for good once the writer thread stops.
 //!
 //! **Opening** first replays the journal's tail, if there is one, into the data file (what a
 //! machine crash took from it), and moves aside, like a torn tail, whatever the data file holds
-//! past that tail's end if it is not whole records. Then it reads the whole file: every complete line is kept; a torn tail (a last line with
-//! no newline, or that is not valid JSON) left by a crash is moved to a side file
-//! `messages.jsonl.corrupt-<time>` with a warning, so nothing is destroyed. An invalid line
+//! past that tail's end if it is not whole records. Then it reads the whole file: every
+//! complete line is kept; a torn tail (a last line with no newline, or that is not valid JSON)
+//! left by a crash is moved to a side file `messages.jsonl.corrupt-<time>` with a warning, so
+//! nothing is destroyed. An invalid line
 //! *followed by* valid ones is not a torn write, so opening refuses rather than guess.
 //!
 //! **Reading** ([`DataFile::cursor`]) sees the records that were durable when it started, a
@@ -437,6 +439,12 @@ fn start_journal(
     }
 }
 
+/// The record a line of the data file holds, if it is a whole one: a valid record and its newline.
+fn record_of(line: &[u8]) -> Option<Record> {
+    let text = line.strip_suffix(b"\n")?;
+    serde_json::from_slice(text).ok()
+}
+
 /// Whether everything from `from` to the end of `file` is whole records (or nothing).
 fn whole_records_from(file: &mut File, from: u64) -> io::Result<bool> {
     file.seek(SeekFrom::Start(from))?;
@@ -447,16 +455,14 @@ fn whole_records_from(file: &mut File, from: u64) -> io::Result<bool> {
         if reader.read_until(b'\n', &mut line)? == 0 {
             return Ok(true);
         }
-        let whole = line.last() == Some(&b'\n')
-            && serde_json::from_slice::<Record>(&line[..line.len() - 1]).is_ok();
-        if !whole {
+        if record_of(&line).is_none() {
             return Ok(false);
         }
     }
 }
 
 /// Syncs a folder, making the names created in it durable (`""` is the current folder).
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -538,11 +544,7 @@ fn scan(
         }
         line_no += 1;
         offset += n as u64;
-        let complete = line.last() == Some(&b'\n');
-        let record = complete
-            .then(|| serde_json::from_slice::<Record>(&line[..line.len() - 1]).ok())
-            .flatten();
-        match (record, first_bad) {
+        match (record_of(&line), first_bad) {
             (Some(_), Some(bad_line)) => {
                 return Err(OpenError::Corrupt {
                     path: path.to_path_buf(),

@@ -42,6 +42,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 
+use super::data_file::sync_dir;
+
 /// The journal's name inside `--data-dir`.
 pub const FILE_NAME: &str = "messages.journal";
 
@@ -267,7 +269,7 @@ fn header(seq: u64, offset: u64, kind: u32, payload: &[u8]) -> [u8; HEADER] {
 pub fn remove(dir: &Path) -> io::Result<bool> {
     match std::fs::remove_file(dir.join(FILE_NAME)) {
         Ok(()) => {
-            File::open(dir)?.sync_all()?;
+            sync_dir(dir)?;
             Ok(true)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -335,7 +337,7 @@ impl Journal {
                 }
                 f.sync_all()?;
                 std::fs::rename(&fresh, &path)?;
-                File::open(dir)?.sync_all()
+                sync_dir(dir)
             })();
             if let Err(e) = result {
                 let _ = std::fs::remove_file(&fresh);
